@@ -1,0 +1,101 @@
+//! `aiosctl dev`: a control plane with the embedded store and a data plane
+//! in this process, on free loopback ports, until Ctrl-C.
+
+use std::{path::Path, time::Duration};
+
+use aios_control_plane::ControlPlane;
+use aios_data_plane::{ControlPlaneUrl, DataPlane};
+use aios_runtime::logging;
+use serde::Serialize;
+
+use crate::{Globals, output};
+
+/// How long in-flight calls may run after Ctrl-C.
+const GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Serialize)]
+struct DevEndpoints {
+    state_dir: String,
+    control_plane: PlaneEndpoints,
+    data_plane: PlaneEndpoints,
+}
+
+#[derive(Serialize)]
+struct PlaneEndpoints {
+    grpc: String,
+    admin: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    openai: Option<String>,
+}
+
+/// Starts both planes, prints how to reach them, serves until a signal.
+pub async fn run(globals: &Globals, state_dir: &Path, log: &str) -> Result<i32, String> {
+    logging::init(logging::LogFormat::Text, log).map_err(|e| e.one_line())?;
+    let node_dir = state_dir.join("data-plane");
+    std::fs::create_dir_all(&node_dir)
+        .map_err(|e| format!("cannot create state dir {}: {e}", node_dir.display()))?;
+
+    let cp_config = aios_control_plane::Config::local(state_dir);
+    let control_plane = ControlPlane::start(&cp_config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let cp_url: ControlPlaneUrl = format!("http://{}", control_plane.grpc_addr()).parse()?;
+    let dp_config = aios_data_plane::Config::local(cp_url.clone(), node_dir);
+    let data_plane = DataPlane::start(&dp_config)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let endpoints = DevEndpoints {
+        state_dir: state_dir.display().to_string(),
+        control_plane: PlaneEndpoints {
+            grpc: cp_url.to_string(),
+            admin: format!("http://{}", control_plane.admin_addr()),
+            openai: None,
+        },
+        data_plane: PlaneEndpoints {
+            grpc: format!("http://{}", data_plane.grpc_addr()),
+            admin: format!("http://{}", data_plane.admin_addr()),
+            openai: data_plane.http_addr().map(|a| format!("http://{a}/v1")),
+        },
+    };
+    match globals.output {
+        output::Format::Table => output::write_stdout(&banner(&endpoints))?,
+        // One line, so scripts can read the endpoints as soon as it appears.
+        output::Format::Json => output::write_stdout(
+            &(serde_json::to_string(&endpoints).map_err(|e| e.to_string())? + "\n"),
+        )?,
+        output::Format::Yaml => output::emit(globals.output, &endpoints, &[], &[])?,
+    }
+
+    aios_runtime::server::wait_for_signal().await;
+    let (dp, cp) = tokio::join!(data_plane.shutdown(GRACE), control_plane.shutdown(GRACE));
+    tracing::info!(data_plane = ?dp, control_plane = ?cp, "dev environment stopped");
+    Ok(0)
+}
+
+fn banner(e: &DevEndpoints) -> String {
+    let cp = &e.control_plane;
+    let dp = &e.data_plane;
+    let openai = dp.openai.as_deref().unwrap_or("-");
+    format!(
+        "aios dev environment is up (state in {state})\n\
+         \n\
+         \x20 control plane  gRPC    {cp_grpc}\n\
+         \x20                admin   {cp_admin}/metrics  /healthz  /readyz\n\
+         \x20 data plane     gRPC    {dp_grpc}\n\
+         \x20                OpenAI  {openai}\n\
+         \x20                admin   {dp_admin}/metrics  /healthz  /readyz\n\
+         \n\
+         Try, in another terminal:\n\
+         \x20 aiosctl --endpoint {cp_grpc} status --data-plane {dp_grpc}\n\
+         \x20 grpcurl -plaintext {cp_host} list\n\
+         \n\
+         Press Ctrl-C to stop.\n",
+        state = e.state_dir,
+        cp_grpc = cp.grpc,
+        cp_admin = cp.admin,
+        dp_grpc = dp.grpc,
+        dp_admin = dp.admin,
+        cp_host = cp.grpc.trim_start_matches("http://"),
+    )
+}

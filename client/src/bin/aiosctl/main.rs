@@ -1,0 +1,97 @@
+//! `aiosctl`: operate aios from the command line.
+
+mod dev;
+mod output;
+mod status;
+
+use std::{path::PathBuf, time::Duration};
+
+use aios_runtime::cli;
+use clap::{Parser, Subcommand};
+use output::Format;
+
+/// Default control-plane endpoint.
+const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7070";
+/// Default data-plane endpoint.
+const DEFAULT_DATA_PLANE: &str = "http://127.0.0.1:7080";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aiosctl",
+    version,
+    about = "Operate aios: fleet state, status, and a local dev environment."
+)]
+struct Cli {
+    /// Control-plane gRPC endpoint.
+    #[arg(long, global = true, env = "AIOS_ENDPOINT", default_value = DEFAULT_ENDPOINT, value_name = "URL")]
+    endpoint: String,
+    /// API key sent with every call (prefer the AIOS_API_KEY variable: flags show up in `ps`).
+    #[arg(
+        long,
+        global = true,
+        env = "AIOS_API_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    api_key: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    /// Per-call timeout, e.g. `5s` or `500ms`.
+    #[arg(long, global = true, env = "AIOS_TIMEOUT", default_value = "5s", value_parser = aios_runtime::config::parse_duration)]
+    timeout: Duration,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Report the health and services of a control plane and a data plane.
+    Status {
+        /// Data-plane gRPC endpoint.
+        #[arg(long, env = "AIOS_DATA_PLANE_ENDPOINT", default_value = DEFAULT_DATA_PLANE, value_name = "URL")]
+        data_plane: String,
+    },
+    /// Run a control plane (embedded store) and a data plane in this process on free local ports.
+    Dev {
+        /// Where the embedded store and the node's state live.
+        #[arg(
+            long,
+            env = "AIOS_DEV_STATE_DIR",
+            default_value = "aios-state/dev",
+            value_name = "PATH"
+        )]
+        state_dir: PathBuf,
+        /// Log filter for the embedded planes (logs go to stderr).
+        #[arg(long, env = "AIOS_LOG", default_value = "warn", value_name = "FILTER")]
+        log: String,
+    },
+}
+
+/// Global options every command gets.
+#[derive(Debug, Clone)]
+struct Globals {
+    endpoint: String,
+    api_key: Option<String>,
+    output: Format,
+    timeout: Duration,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli: Cli = cli::parse_or_exit();
+    let globals = Globals {
+        endpoint: cli.endpoint,
+        api_key: cli.api_key,
+        output: cli.output,
+        timeout: cli.timeout,
+    };
+    let code = match cli.command {
+        Command::Status { data_plane } => status::run(&globals, &data_plane).await,
+        Command::Dev { state_dir, log } => dev::run(&globals, &state_dir, &log).await,
+    };
+    match code {
+        Ok(code) => std::process::exit(code),
+        Err(error) => cli::exit_with(cli::EXIT_FAILURE, &error),
+    }
+}

@@ -1,0 +1,441 @@
+//! The data plane's static configuration: one typed struct, merged from
+//! defaults, the optional file, `AIOS_*` variables and flags, and validated
+//! before anything starts.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use aios_runtime::{
+    ConfigError, ListenAddr,
+    cli::{CommonArgs, CommonFile, ProcessConfig},
+    logging::LogFormat,
+};
+use clap::Parser;
+use serde::Deserialize;
+
+/// Default gRPC listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
+/// Default OpenAI-compatible HTTP listen address.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7081";
+/// Default admin HTTP listen address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7082";
+/// Default control plane.
+pub const DEFAULT_CONTROL_PLANE: &str = "http://127.0.0.1:7070";
+/// Default region.
+pub const DEFAULT_REGION: &str = "local";
+/// Default state directory (last good config, telemetry spill).
+pub const DEFAULT_STATE_DIR: &str = "aios-state/data-plane";
+
+/// `aios-data-plane` command line. Every flag also reads `AIOS_<FLAG>`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "aios-data-plane",
+    version,
+    about = "An aios data-plane node: runs agents and LLM inference under fleet policy."
+)]
+pub struct Cli {
+    /// gRPC listen address (AgentService, health, reflection).
+    #[arg(long, env = "AIOS_LISTEN", value_name = "ADDR")]
+    pub listen: Option<ListenAddr>,
+    /// OpenAI-compatible HTTP listen address (/v1/chat/completions, /v1/embeddings, /v1/models).
+    #[arg(long, env = "AIOS_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<ListenAddr>,
+    /// Admin HTTP listen address (/metrics, /healthz, /readyz).
+    #[arg(long, env = "AIOS_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<ListenAddr>,
+    /// Control-plane gRPC URLs, tried in turn: `http[s]://HOST:PORT[,…]`.
+    #[arg(
+        long,
+        env = "AIOS_CONTROL_PLANE",
+        value_name = "URL[,URL…]",
+        value_delimiter = ','
+    )]
+    pub control_plane: Vec<ControlPlaneUrl>,
+    /// Unique node id in the fleet (default: the host name).
+    #[arg(long, env = "AIOS_NODE_ID", value_name = "ID")]
+    pub node_id: Option<NodeName>,
+    /// Region this node runs in; resources scoped to regions reach only matching nodes.
+    #[arg(long, env = "AIOS_REGION", value_name = "REGION")]
+    pub region: Option<NodeName>,
+    /// Zone within the region.
+    #[arg(long, env = "AIOS_ZONE", value_name = "ZONE")]
+    pub zone: Option<NodeName>,
+    /// Node label `key=value`; repeat for several. Resources select nodes by labels.
+    #[arg(
+        long = "label",
+        env = "AIOS_LABELS",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
+    pub labels: Vec<Label>,
+    /// Directory for the last good config snapshot and telemetry spill (created if missing).
+    #[arg(long, env = "AIOS_STATE_DIR", value_name = "PATH")]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Keys accepted in the `--config` file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    listen: Option<ListenAddr>,
+    http_listen: Option<ListenAddr>,
+    admin_listen: Option<ListenAddr>,
+    control_plane: Option<Vec<ControlPlaneUrl>>,
+    node_id: Option<NodeName>,
+    region: Option<NodeName>,
+    zone: Option<NodeName>,
+    labels: Option<BTreeMap<String, String>>,
+    state_dir: Option<PathBuf>,
+    log: Option<String>,
+    log_format: Option<LogFormat>,
+    #[serde(
+        default,
+        deserialize_with = "aios_runtime::config::deserialize_duration"
+    )]
+    shutdown_grace: Option<Duration>,
+}
+
+/// Validated data-plane configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: ListenAddr,
+    /// OpenAI-compatible HTTP listen address.
+    pub http_listen: ListenAddr,
+    /// Admin HTTP listen address.
+    pub admin_listen: ListenAddr,
+    /// Control-plane URLs, in the order they are tried.
+    pub control_plane: Vec<ControlPlaneUrl>,
+    /// This node's identity and placement.
+    pub node: NodeIdentity,
+    /// State directory (exists and is writable once validated).
+    pub state_dir: PathBuf,
+    /// Logging and shutdown.
+    pub process: ProcessConfig,
+}
+
+/// Who this node is and where it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// Unique node id.
+    pub node_id: String,
+    /// Region.
+    pub region: String,
+    /// Zone, if any.
+    pub zone: Option<String>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Merges defaults < file < env < flags, validates, and prepares the
+    /// state directory.
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let file: FileConfig = match &cli.common.config {
+            Some(path) => aios_runtime::config::load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let common = CommonFile {
+            log: file.log,
+            log_format: file.log_format,
+            shutdown_grace: file.shutdown_grace,
+        };
+        let mut labels = BTreeMap::new();
+        for (key, value) in file.labels.unwrap_or_default() {
+            let label = Label::new(&key, &value)
+                .map_err(|e| ConfigError::invalid("--label", format!("{key}={value}"), e))?;
+            labels.insert(label.key, label.value);
+        }
+        labels.extend(cli.labels.into_iter().map(|l| (l.key, l.value)));
+        let control_plane = match (cli.control_plane, file.control_plane) {
+            (flag, _) if !flag.is_empty() => flag,
+            (_, Some(file)) if !file.is_empty() => file,
+            _ => vec![parse_default(DEFAULT_CONTROL_PLANE, "--control-plane")?],
+        };
+        let node_id = match cli.node_id.or(file.node_id) {
+            Some(id) => id.0,
+            None => default_node_id(),
+        };
+        let config = Self {
+            listen: cli
+                .listen
+                .or(file.listen)
+                .map_or_else(|| parse_default(DEFAULT_LISTEN, "--listen"), Ok)?,
+            http_listen: cli
+                .http_listen
+                .or(file.http_listen)
+                .map_or_else(|| parse_default(DEFAULT_HTTP_LISTEN, "--http-listen"), Ok)?,
+            admin_listen: cli
+                .admin_listen
+                .or(file.admin_listen)
+                .map_or_else(|| parse_default(DEFAULT_ADMIN_LISTEN, "--admin-listen"), Ok)?,
+            control_plane,
+            node: NodeIdentity {
+                node_id,
+                region: cli
+                    .region
+                    .or(file.region)
+                    .map_or_else(|| DEFAULT_REGION.to_string(), |r| r.0),
+                zone: cli.zone.or(file.zone).map(|z| z.0),
+                labels,
+            },
+            state_dir: cli
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            process: ProcessConfig::resolve(&cli.common, &common)?,
+        };
+        prepare_state_dir(&config.state_dir)?;
+        Ok(config)
+    }
+
+    /// A configuration for one machine on free loopback ports (used by
+    /// `aiosctl dev` and tests). The state directory must exist.
+    pub fn local(control_plane: ControlPlaneUrl, state_dir: PathBuf) -> Self {
+        let any_port = ListenAddr(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        Self {
+            listen: any_port,
+            http_listen: any_port,
+            admin_listen: any_port,
+            control_plane: vec![control_plane],
+            node: NodeIdentity {
+                node_id: default_node_id(),
+                region: DEFAULT_REGION.into(),
+                zone: None,
+                labels: BTreeMap::new(),
+            },
+            state_dir,
+            process: ProcessConfig::default(),
+        }
+    }
+}
+
+fn parse_default<T: std::str::FromStr<Err = String>>(
+    value: &str,
+    setting: &'static str,
+) -> Result<T, ConfigError> {
+    value
+        .parse()
+        .map_err(|e| ConfigError::invalid(setting, value, e))
+}
+
+/// Creates the state directory and proves it is writable, so a read-only
+/// or mistyped path fails at start rather than at the first snapshot.
+fn prepare_state_dir(dir: &std::path::Path) -> Result<(), ConfigError> {
+    let invalid = |e: std::io::Error| ConfigError::invalid("--state-dir", dir.display(), e);
+    std::fs::create_dir_all(dir).map_err(invalid)?;
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"").map_err(invalid)?;
+    std::fs::remove_file(&probe).map_err(invalid)
+}
+
+/// The host name, or `node-<pid>` where none can be read.
+fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .and_then(|h| h.trim().parse::<NodeName>().ok())
+        .map_or_else(|| format!("node-{}", std::process::id()), |n| n.0)
+}
+
+// === Value types ===
+
+/// A node id, region or zone: 1-63 characters of `[a-z0-9._-]`, starting
+/// and ending with a letter or digit (DNS-label-like, safe in etcd keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeName(pub String);
+
+impl std::str::FromStr for NodeName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok_char =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-');
+        let edge =
+            |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if s.is_empty()
+            || s.len() > 63
+            || !s.chars().all(ok_char)
+            || !edge(s.chars().next())
+            || !edge(s.chars().last())
+        {
+            return Err("must be 1-63 characters of a-z, 0-9, '.', '_' or '-', starting and ending with a letter or digit".into());
+        }
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse()
+            .map_err(|e| serde::de::Error::custom(format!("invalid name '{text}': {e}")))
+    }
+}
+
+/// A node label `key=value`, following Kubernetes label syntax.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Label {
+    /// Label key (optionally `prefix/name`).
+    pub key: String,
+    /// Label value (may be empty).
+    pub value: String,
+}
+
+impl Label {
+    fn new(key: &str, value: &str) -> Result<Self, String> {
+        let segment = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 63
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+        };
+        let name = key.rsplit_once('/').map_or(key, |(_, name)| name);
+        if !segment(name) {
+            return Err(format!(
+                "label key '{key}' must be 1-63 alphanumerics, '-', '_' or '.'"
+            ));
+        }
+        if !value.is_empty() && !segment(value) {
+            return Err(format!(
+                "label value '{value}' must be empty or 1-63 alphanumerics, '-', '_' or '.'"
+            ));
+        }
+        Ok(Self {
+            key: key.to_string(),
+            value: value.to_string(),
+        })
+    }
+}
+
+impl std::str::FromStr for Label {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (key, value) = s.split_once('=').ok_or("expected KEY=VALUE")?;
+        Self::new(key, value)
+    }
+}
+
+/// A control-plane gRPC URL: `http://HOST:PORT` or `https://HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlaneUrl(pub String);
+
+impl std::str::FromStr for ControlPlaneUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let uri: tonic::transport::Uri = s.parse().map_err(|e| format!("not a URL: {e}"))?;
+        match uri.scheme_str() {
+            Some("http" | "https") => {}
+            _ => return Err("expected http://HOST:PORT or https://HOST:PORT".into()),
+        }
+        let authority = uri.authority().ok_or("missing HOST:PORT")?;
+        if authority.port_u16().is_none() {
+            return Err("missing port, e.g. http://cp.example:7070".into());
+        }
+        if !matches!(uri.path(), "" | "/") {
+            return Err("a control-plane URL has no path".into());
+        }
+        Ok(Self(s.trim_end_matches('/').to_string()))
+    }
+}
+
+impl std::fmt::Display for ControlPlaneUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ControlPlaneUrl {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(|e| {
+            serde::de::Error::custom(format!("invalid control-plane URL '{text}': {e}"))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let cli =
+            Cli::try_parse_from(std::iter::once("aios-data-plane").chain(args.iter().copied()))
+                .map_err(|e| ConfigError::invalid("argv", "", e))?;
+        Config::from_cli(cli)
+    }
+
+    #[test]
+    fn flags_and_file_merge_with_labels_from_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let file = dir.path().join("dp.yaml");
+        std::fs::write(
+            &file,
+            "region: eu-west-1\nlabels:\n  tier: gpu\n  team: ml\ncontrol-plane: [\"http://cp-a:7070\", \"https://cp-b:7443\"]\n",
+        )
+        .unwrap();
+        let config = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--node-id",
+            "node-7",
+            "--label",
+            "tier=cpu",
+        ])
+        .unwrap();
+        assert_eq!(config.node.node_id, "node-7");
+        assert_eq!(config.node.region, "eu-west-1");
+        assert_eq!(config.node.labels["tier"], "cpu", "flag overrides file");
+        assert_eq!(config.node.labels["team"], "ml");
+        assert_eq!(config.control_plane.len(), 2);
+        assert!(state.is_dir(), "state dir is created");
+        assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn invalid_values_are_rejected_with_reasons() {
+        assert!(
+            "ftp://x:1"
+                .parse::<ControlPlaneUrl>()
+                .unwrap_err()
+                .contains("http://")
+        );
+        assert!(
+            "http://x"
+                .parse::<ControlPlaneUrl>()
+                .unwrap_err()
+                .contains("missing port")
+        );
+        assert!("Node_A".parse::<NodeName>().is_err());
+        assert!("-a".parse::<NodeName>().is_err());
+        assert!("node-1.eu".parse::<NodeName>().is_ok());
+        assert!("tier".parse::<Label>().unwrap_err().contains("KEY=VALUE"));
+        assert!(
+            "tier=a b"
+                .parse::<Label>()
+                .unwrap_err()
+                .contains("label value")
+        );
+        assert!("example.com/tier=gpu".parse::<Label>().is_ok());
+    }
+
+    #[test]
+    fn an_unwritable_state_dir_fails_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, b"").unwrap();
+        let bad = blocker.join("sub");
+        let err = parse(&["--state-dir", bad.to_str().unwrap()])
+            .unwrap_err()
+            .one_line();
+        assert!(err.starts_with("invalid --state-dir"), "{err}");
+    }
+}

@@ -1,0 +1,18 @@
+//! `aios-data-plane`: parse config, start, serve until a signal, drain.
+
+use aios_data_plane::{Cli, Config, DataPlane};
+use aios_runtime::{cli, logging};
+
+#[tokio::main]
+async fn main() {
+    let cli: Cli = cli::parse_or_exit();
+    let config = Config::from_cli(cli).unwrap_or_else(|e| cli::exit_config(&e.one_line()));
+    if let Err(e) = logging::init(config.process.log_format, &config.process.log) {
+        cli::exit_config(&e.one_line());
+    }
+    let plane = match DataPlane::start(&config).await {
+        Ok(plane) => plane,
+        Err(e) => cli::exit_with(e.exit_code(), &e.to_string()),
+    };
+    plane.run_until_signal(config.process.shutdown_grace).await;
+}

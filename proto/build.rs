@@ -1,0 +1,37 @@
+//! Compiles `aios/v1/*.proto` with protox (pure Rust: no system `protoc`),
+//! generates tonic clients and servers, and writes the encoded file
+//! descriptor set that the servers expose through gRPC reflection.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("aios/v1");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<_, _>>()?;
+    files.retain(|p| p.extension().is_some_and(|ext| ext == "proto"));
+    files.sort();
+    println!("cargo:rerun-if-changed={}", dir.display());
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+
+    // protox reports errors with file, line and column: surface them as-is.
+    let fds = protox::compile(&files, [root])?;
+
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    fs::write(out.join("aios_descriptor.bin"), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        // Services not yet implemented answer UNIMPLEMENTED instead of failing
+        // to compile, so the contract can grow ahead of the servers.
+        .generate_default_stubs(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! `aiosctl dev` brings up both planes and prints how to reach them;
+//! `aiosctl status` reports their health, and fails for a dead plane.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::{process::Command, time::Duration};
+
+use aios_tests::{Process, bin};
+
+fn aiosctl(args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(bin("aiosctl").unwrap())
+        .args(args)
+        .env_remove("AIOS_API_KEY")
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn dev_starts_both_planes_and_status_sees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("dev");
+    let mut dev = Process::spawn(
+        &bin("aiosctl").unwrap(),
+        &["-o", "json", "dev", "--state-dir", state.to_str().unwrap()],
+    )
+    .unwrap();
+    let lines = dev.stdout_lines().unwrap();
+    let first = lines
+        .recv_timeout(Duration::from_secs(60))
+        .expect("dev prints its endpoints");
+    let endpoints: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let cp = endpoints["control_plane"]["grpc"].as_str().unwrap();
+    let dp = endpoints["data_plane"]["grpc"].as_str().unwrap();
+    assert!(
+        endpoints["data_plane"]["openai"]
+            .as_str()
+            .unwrap()
+            .ends_with("/v1")
+    );
+
+    let (code, table) = aiosctl(&["--endpoint", cp, "status", "--data-plane", dp]);
+    assert_eq!(code, Some(0), "{table}");
+    assert_eq!(table.matches("SERVING").count(), 2, "{table}");
+    assert!(
+        table.contains("AdminService") && table.contains("AgentService"),
+        "{table}"
+    );
+
+    let (code, json) = aiosctl(&["--endpoint", cp, "-o", "json", "status", "--data-plane", dp]);
+    assert_eq!(code, Some(0));
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(status["control_plane"]["status"], "SERVING");
+    assert_eq!(status["data_plane"]["status"], "SERVING");
+
+    let (code, yaml) = aiosctl(&["--endpoint", cp, "-o", "yaml", "status", "--data-plane", dp]);
+    assert_eq!(code, Some(0));
+    assert!(yaml.contains("status: SERVING"), "{yaml}");
+
+    dev.signal("INT").unwrap();
+    assert_eq!(
+        dev.wait(Duration::from_secs(30)).unwrap().code(),
+        Some(0),
+        "{:#?}",
+        dev.stderr
+    );
+}
+
+#[test]
+fn status_fails_for_an_unreachable_plane() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("http://127.0.0.1:{port}");
+    let (code, table) = aiosctl(&[
+        "--endpoint",
+        &dead,
+        "--timeout",
+        "2s",
+        "status",
+        "--data-plane",
+        &dead,
+    ]);
+    assert_eq!(code, Some(1), "{table}");
+    assert_eq!(table.matches("UNREACHABLE").count(), 2, "{table}");
+    assert!(table.contains("cannot connect"), "{table}");
+}
+
+#[test]
+fn aiosctl_rejects_bad_flags_with_one_line() {
+    let output = Command::new(bin("aiosctl").unwrap())
+        .args(["-o", "xml", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("'xml'"), "{stderr}");
+}
