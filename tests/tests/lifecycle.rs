@@ -145,3 +145,49 @@ async fn sigint_with_no_calls_in_flight_drains_cleanly() {
     assert!(log.contains("Clean"), "{log}");
     assert!(!log.contains("outlived"), "{log}");
 }
+
+#[tokio::test]
+async fn a_call_in_flight_at_sigterm_is_served_to_completion() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+
+    let mut plane = SpawnedPlane::control_plane(&["--shutdown-grace", "60s"]).unwrap();
+    let channel = aios_client::connect(&plane.grpc_url(), None, EXIT)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let list = || ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    tx.send(list()).await.unwrap();
+    let mut responses = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(responses.message().await.unwrap().is_some());
+
+    plane.process.signal("TERM").unwrap();
+    plane
+        .process
+        .wait_for_log("readiness changed", EXIT)
+        .unwrap();
+    // The stream opened before the signal is still served during the drain.
+    tx.send(list()).await.unwrap();
+    let answer = responses.message().await.unwrap().unwrap();
+    assert!(matches!(
+        answer.message_response,
+        Some(MessageResponse::ListServicesResponse(_))
+    ));
+    // The client finishes its call; the drain completes well before the grace period.
+    drop(tx);
+    assert!(responses.message().await.unwrap().is_none());
+
+    let status = plane.process.wait(EXIT).unwrap();
+    assert_eq!(status.code(), Some(0));
+    let log = plane.process.stderr.join("\n");
+    assert!(log.contains("Clean"), "{log}");
+}

@@ -87,7 +87,7 @@ fn banner(e: &DevEndpoints) -> String {
          \x20                admin   {dp_admin}/metrics  /healthz  /readyz\n\
          \n\
          Try, in another terminal:\n\
-         \x20 aiosctl --endpoint {cp_grpc} status --data-plane {dp_grpc}\n\
+         \x20 {aiosctl} --endpoint {cp_grpc} status --data-plane {dp_grpc}\n\
          \x20 grpcurl -plaintext {cp_host} list\n\
          \n\
          Press Ctrl-C to stop.\n",
@@ -97,5 +97,20 @@ fn banner(e: &DevEndpoints) -> String {
         dp_grpc = dp.grpc,
         dp_admin = dp.admin,
         cp_host = cp.grpc.trim_start_matches("http://"),
+        aiosctl = self_command(),
     )
+}
+
+/// How to run this same `aiosctl` from the current directory: under
+/// `cargo run` it is not on PATH, so show its path relative to here.
+fn self_command() -> String {
+    let exe = std::env::current_exe().ok();
+    let cwd = std::env::current_dir().ok();
+    match (exe, cwd) {
+        (Some(exe), Some(cwd)) => match exe.strip_prefix(&cwd) {
+            Ok(relative) => relative.display().to_string(),
+            Err(_) => exe.display().to_string(),
+        },
+        _ => "aiosctl".into(),
+    }
 }
