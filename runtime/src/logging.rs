@@ -1,6 +1,6 @@
 //! Structured logs to stderr, as text for people or JSON for collectors.
 
-use std::str::FromStr;
+use std::{io::IsTerminal, str::FromStr};
 
 use serde::Deserialize;
 use tracing_subscriber::{EnvFilter, fmt};
@@ -30,7 +30,14 @@ impl FromStr for LogFormat {
 pub fn init(format: LogFormat, filter: &str) -> Result<(), crate::ConfigError> {
     let filter =
         EnvFilter::try_new(filter).map_err(|e| crate::ConfigError::invalid("--log", filter, e))?;
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal, never into files or pipes.
+        .with_ansi(std::io::stderr().is_terminal())
+        // Reporting a failed log write goes to stderr with eprintln!, which
+        // panics when stderr is the thing that failed (a closed pipe).
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -191,3 +191,54 @@ async fn a_call_in_flight_at_sigterm_is_served_to_completion() {
     let log = plane.process.stderr.join("\n");
     assert!(log.contains("Clean"), "{log}");
 }
+
+#[test]
+fn a_closed_stderr_does_not_crash_the_plane() {
+    // `aios-control-plane … 2>&1 | head -1`: later log writes fail with EPIPE.
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("embedded:{}", dir.path().join("cp.db").display());
+    /// Kills the plane if an assertion fails first.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = std::process::Command::new(bin("aios-control-plane").unwrap())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--store",
+            &store,
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut child = Guard(child);
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+    assert!(
+        !first.contains('\u{1b}'),
+        "no colour codes into a pipe: {first:?}"
+    );
+    drop(stderr);
+    std::thread::sleep(Duration::from_millis(200));
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + EXIT;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "a failed log write must not panic");
+}
