@@ -2,15 +2,14 @@
 //! generates tonic clients and servers, and writes the encoded file
 //! descriptor set that the servers expose through gRPC reflection.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-};
+use std::{fs, path::PathBuf};
 
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Read at run time: a build script binary may be reused by a checkout
+    // in another directory, so a path baked in at compile time can be stale.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let dir = root.join("aios/v1");
     let mut files: Vec<PathBuf> = fs::read_dir(&dir)?
         .map(|entry| entry.map(|e| e.path()))
@@ -23,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // protox reports errors with file, line and column: surface them as-is.
-    let fds = protox::compile(&files, [root])?;
+    let fds = protox::compile(&files, [&root])?;
 
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     fs::write(out.join("aios_descriptor.bin"), fds.encode_to_vec())?;

@@ -29,6 +29,17 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
 fi
 export AIOS_TEST_PYTHON="$PWD/$venv/bin/python"
 
+# --- etcd for the store conformance and multi-replica tests ------------------
+if [ -z "${AIOS_TEST_ETCD:-}" ] && ! command -v etcd >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing etcd-server (Debian package) for the store tests"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server; } >/dev/null \
+      || die "apt-get could not install etcd-server"
+  else
+    die "etcd not found: install it (Debian/Ubuntu: sudo apt-get install etcd-server; macOS: brew install etcd) or set AIOS_TEST_ETCD=/path/to/etcd"
+  fi
+fi
+
 # --- Build the binaries the end-to-end tests start ---------------------------
 say "building binaries"
 cargo build --workspace --bins --locked

@@ -4,7 +4,16 @@
 //! [`connect`] opens a channel to either plane that attaches the API key to
 //! every call; the generated `aios_proto::v1::*_client` types then work on
 //! it unchanged. [`probe`] asks a plane for its health and the services it
-//! serves, which is what `aiosctl status` shows.
+//! serves, which is what `aiosctl status` shows. [`AdminClient`] wraps the
+//! control plane's `AdminService`; [`describe_status`] renders its errors
+//! (with their `google.rpc` details) as one line. With the `manifest`
+//! feature, [`manifest`] reads and writes resources as YAML or JSON
+//! documents (the proto3 JSON mapping of `aios.v1.Resource`).
+
+pub mod admin;
+pub mod kind;
+#[cfg(feature = "manifest")]
+pub mod manifest;
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +31,8 @@ use tonic_reflection::pb::v1::{
     ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
+
+pub use admin::{AdminClient, describe_status};
 
 /// Metadata key that carries the API key on every call.
 pub const API_KEY_HEADER: &str = "x-api-key";
@@ -49,7 +60,7 @@ pub enum ClientError {
         reason: String,
     },
     /// The server answered with an error status.
-    #[error("{0}")]
+    #[error("{}", describe_status(.0))]
     Rpc(#[from] Status),
 }
 
@@ -110,9 +121,15 @@ pub async fn connect(
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
+    let mut last = text.clone();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        // Transport errors wrap causes that print the same words; say them once.
+        if cause_text != last && !last.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        last = cause_text;
         source = cause.source();
     }
     text

@@ -5,25 +5,239 @@
 //! The contract is complete from the start so that clients in any language
 //! can be generated and discover every service by reflection. RPCs whose
 //! subsystem has not landed yet answer UNIMPLEMENTED (generated default):
-//! AdminService with the state issue, FleetService with config streaming,
+//! FleetService with config streaming,
 //! TelemetryService with telemetry, BudgetService and ApprovalService with
 //! budgets and approvals.
 
+use std::time::SystemTime;
+
+use aios_model::Kind;
 use aios_proto::v1::{
+    self as pb,
     admin_service_server::{AdminService, AdminServiceServer},
     approval_service_server::{ApprovalService, ApprovalServiceServer},
     budget_service_server::{BudgetService, BudgetServiceServer},
     fleet_service_server::{FleetService, FleetServiceServer},
     telemetry_service_server::{TelemetryService, TelemetryServiceServer},
 };
-use tonic::service::Routes;
+use futures::StreamExt;
+use tonic::{Request, Response, Status, codegen::BoxStream, service::Routes};
+
+use crate::{
+    admin::{Admin, AdminError, Applied, AuditFilter, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE},
+    auth::{self, Principal},
+};
 
 /// Resource administration (Apply, Get, List, Delete, Watch, audit).
-#[derive(Debug, Default)]
-pub struct AdminApi;
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    admin: Admin,
+}
+
+impl AdminApi {
+    /// Serves `admin`.
+    pub fn new(admin: Admin) -> Self {
+        Self { admin }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        auth::authenticate(self.admin.store().as_ref(), request.metadata())
+            .await
+            .map_err(|e| AdminError::from(e).into())
+    }
+}
 
 #[tonic::async_trait]
-impl AdminService for AdminApi {}
+impl AdminService for AdminApi {
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let who = self.caller(&request).await?;
+        let request = request.into_inner();
+        let resource = request
+            .resource
+            .ok_or_else(|| invalid("resource", "required"))?;
+        let (applied, _) = self
+            .admin
+            .apply(&who, vec![resource], request.dry_run, false)
+            .await?;
+        let applied = applied
+            .into_iter()
+            .next()
+            .ok_or_else(|| Status::internal("apply returned no result"))?;
+        Ok(Response::new(apply_response(applied)))
+    }
+
+    async fn batch_apply(
+        &self,
+        request: Request<pb::BatchApplyRequest>,
+    ) -> Result<Response<pb::BatchApplyResponse>, Status> {
+        let who = self.caller(&request).await?;
+        let request = request.into_inner();
+        let (applied, revision) = self
+            .admin
+            .apply(&who, request.resources, request.dry_run, true)
+            .await?;
+        Ok(Response::new(pb::BatchApplyResponse {
+            results: applied.into_iter().map(apply_response).collect(),
+            revision,
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::Resource>, Status> {
+        let who = self.caller(&request).await?;
+        let request = request.into_inner();
+        let kind = required_kind(request.kind)?;
+        Ok(Response::new(
+            self.admin
+                .get(&who, kind, &request.tenant, &request.name)
+                .await?,
+        ))
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let who = self.caller(&request).await?;
+        let request = request.into_inner();
+        let kind = optional_kind(request.kind)?;
+        let page_size = page_size(request.page_size)?;
+        let (resources, next_page_token, revision) = self
+            .admin
+            .list(
+                &who,
+                kind,
+                &request.tenant,
+                &request.label_selector,
+                page_size,
+                &request.page_token,
+            )
+            .await?;
+        Ok(Response::new(pb::ListResponse {
+            resources,
+            next_page_token,
+            revision,
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let who = self.caller(&request).await?;
+        let request = request.into_inner();
+        let kind = required_kind(request.kind)?;
+        let (deleted, revision) = self
+            .admin
+            .delete(
+                &who,
+                kind,
+                &request.tenant,
+                &request.name,
+                request.resource_version,
+            )
+            .await?;
+        Ok(Response::new(pb::DeleteResponse {
+            deleted: Some(deleted),
+            revision,
+        }))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<BoxStream<pb::WatchEvent>>, Status> {
+        let who = self.caller(&request).await?;
+        let request = request.into_inner();
+        let kind = optional_kind(request.kind)?;
+        if request.start_revision < 0 {
+            return Err(invalid(
+                "start_revision",
+                "must be 0 (from now) or a revision",
+            ));
+        }
+        let events = self
+            .admin
+            .watch(&who, kind, &request.tenant, request.start_revision)
+            .await?;
+        Ok(Response::new(
+            events.map(|item| item.map_err(Status::from)).boxed(),
+        ))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let who = self.caller(&request).await?;
+        let request = request.into_inner();
+        let time = |t: Option<prost_types::Timestamp>, field: &str| {
+            t.map(|t| SystemTime::try_from(t).map_err(|_| invalid(field, "not a valid timestamp")))
+                .transpose()
+        };
+        let filter = AuditFilter {
+            tenant: request.tenant,
+            actor: request.actor,
+            kind: optional_kind(request.kind)?,
+            name: request.name,
+            start: time(request.start_time, "start_time")?,
+            end: time(request.end_time, "end_time")?,
+        };
+        let (events, next_page_token) = self
+            .admin
+            .list_audit(
+                &who,
+                &filter,
+                page_size(request.page_size)?,
+                &request.page_token,
+            )
+            .await?;
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events,
+            next_page_token,
+        }))
+    }
+}
+
+fn apply_response(applied: Applied) -> pb::ApplyResponse {
+    pb::ApplyResponse {
+        resource: Some(applied.resource),
+        created: applied.created,
+        api_key_secret: applied.secret.unwrap_or_default(),
+        unchanged: applied.unchanged,
+    }
+}
+
+fn invalid(field: &str, description: &str) -> Status {
+    AdminError::Invalid(vec![(field.into(), description.into())]).into()
+}
+
+fn required_kind(value: i32) -> Result<Kind, Status> {
+    optional_kind(value)?.ok_or_else(|| invalid("kind", "required"))
+}
+
+fn optional_kind(value: i32) -> Result<Option<Kind>, Status> {
+    if value == pb::Kind::Unspecified as i32 {
+        return Ok(None);
+    }
+    Kind::from_proto(value)
+        .map(Some)
+        .ok_or_else(|| invalid("kind", "unknown kind"))
+}
+
+/// AIP-158: 0 means the default; larger than the maximum is clamped.
+fn page_size(value: i32) -> Result<usize, Status> {
+    match value {
+        0 => Ok(DEFAULT_PAGE_SIZE),
+        n if n < 0 => Err(invalid("page_size", "must not be negative")),
+        n => Ok((n as usize).min(MAX_PAGE_SIZE)),
+    }
+}
 
 /// Config streaming to data-plane nodes and fleet membership.
 #[derive(Debug, Default)]
@@ -55,8 +269,8 @@ impl BudgetService for BudgetApi {}
 
 /// Every control-plane service, ready to serve. The order matches
 /// [`aios_proto::CONTROL_PLANE_SERVICES`].
-pub fn routes() -> Routes {
-    Routes::new(AdminServiceServer::new(AdminApi))
+pub fn routes(admin: Admin) -> Routes {
+    Routes::new(AdminServiceServer::new(AdminApi::new(admin)))
         .add_service(FleetServiceServer::new(FleetApi))
         .add_service(TelemetryServiceServer::new(TelemetryApi))
         .add_service(ApprovalServiceServer::new(ApprovalApi))

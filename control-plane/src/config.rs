@@ -36,6 +36,10 @@ pub struct Cli {
     /// Where desired state lives: `embedded:PATH` (one machine) or `etcd://HOST:PORT[,HOST:PORT…]`.
     #[arg(long, env = "AIOS_STORE", value_name = "URL")]
     pub store: Option<StoreUrl>,
+    /// File holding the platform admin key to create on first start (else
+    /// AIOS_BOOTSTRAP_ADMIN_KEY; else one is generated and printed once).
+    #[arg(long, env = "AIOS_BOOTSTRAP_ADMIN_KEY_FILE", value_name = "PATH")]
+    pub bootstrap_admin_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -47,6 +51,7 @@ struct FileConfig {
     listen: Option<ListenAddr>,
     admin_listen: Option<ListenAddr>,
     store: Option<StoreUrl>,
+    bootstrap_admin_key_file: Option<PathBuf>,
     log: Option<String>,
     log_format: Option<LogFormat>,
     #[serde(
@@ -65,6 +70,8 @@ pub struct Config {
     pub admin_listen: ListenAddr,
     /// Store backend.
     pub store: StoreUrl,
+    /// Platform admin key to create on first start; `None` = generate one.
+    pub bootstrap_admin_key: Option<Secret>,
     /// Logging and shutdown.
     pub process: ProcessConfig,
 }
@@ -90,6 +97,10 @@ impl Config {
                 "--admin-listen",
             )?,
             store: pick(cli.store, file.store, DEFAULT_STORE, "--store")?,
+            bootstrap_admin_key: bootstrap_key(
+                cli.bootstrap_admin_key_file
+                    .or(file.bootstrap_admin_key_file),
+            )?,
             process: ProcessConfig::resolve(&cli.common, &common)?,
         })
     }
@@ -102,8 +113,53 @@ impl Config {
             listen: any_port,
             admin_listen: any_port,
             store: StoreUrl::Embedded(state_dir.join("control-plane.db")),
+            bootstrap_admin_key: None,
             process: ProcessConfig::default(),
         }
+    }
+}
+
+/// The bootstrap key from a file, else from `AIOS_BOOTSTRAP_ADMIN_KEY`
+/// (an environment variable, never a flag: flags show up in `ps`).
+fn bootstrap_key(file: Option<PathBuf>) -> Result<Option<Secret>, ConfigError> {
+    const SETTING: &str = "--bootstrap-admin-key-file";
+    let key = match file {
+        Some(path) => std::fs::read_to_string(&path)
+            .map_err(|e| ConfigError::invalid(SETTING, path.display(), e))?
+            .trim()
+            .to_string(),
+        None => match std::env::var("AIOS_BOOTSTRAP_ADMIN_KEY") {
+            Ok(key) => key.trim().to_string(),
+            Err(_) => return Ok(None),
+        },
+    };
+    Secret::new(key)
+        .map(Some)
+        .map_err(|reason| ConfigError::invalid("bootstrap admin key", "(hidden)", reason))
+}
+
+/// A secret string whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Accepts keys of 32-256 printable ASCII characters.
+    pub fn new(value: String) -> Result<Self, String> {
+        if !(32..=256).contains(&value.len()) || !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("must be 32-256 printable ASCII characters without spaces".into());
+        }
+        Ok(Self(value))
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
     }
 }
 

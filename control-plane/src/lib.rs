@@ -7,14 +7,29 @@
 //! [`Config`]; the `aios-control-plane` binary, `aiosctl dev` and the
 //! end-to-end tests all start it the same way.
 
+pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod config;
+pub mod keys;
+pub mod store;
 
 use std::{net::SocketAddr, time::Duration};
 
-use aios_runtime::{Drain, Readiness, Running, ServerSpec, StartError, server::bind};
+use aios_runtime::{
+    ConfigError, Drain, Readiness, Running, ServerSpec, StartError,
+    server::{ServeError, bind},
+};
+use tokio_util::sync::CancellationToken;
 
-pub use config::{Cli, Config, StoreUrl};
+pub use config::{Cli, Config, Secret, StoreUrl};
+
+use crate::store::SharedStore;
+
+/// Readiness gate: the store answers.
+pub const GATE_STORE: &str = "store";
+/// How often the store's health is checked for readiness.
+const STORE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Plane name used in metrics labels and logs.
 pub const PLANE: &str = "control-plane";
@@ -23,25 +38,57 @@ pub const PLANE: &str = "control-plane";
 #[derive(Debug)]
 pub struct ControlPlane {
     server: Running,
+    store: SharedStore,
+    bootstrap_secret: Option<String>,
+    health: tokio::task::JoinHandle<()>,
 }
 
 impl ControlPlane {
-    /// Binds both listeners and starts serving.
+    /// Binds both listeners, opens the store, creates the platform admin
+    /// key on first start, and starts serving.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
         let grpc = bind("--listen", config.listen).await?;
         let admin = bind("--admin-listen", config.admin_listen).await?;
         tracing::info!(store = %config.store, "control plane starting");
+        let store = store::open(&config.store)
+            .await
+            .map_err(|e| store_error(&config.store, e))?;
+        let bootstrap_key = config.bootstrap_admin_key.as_ref().map(Secret::expose);
+        let bootstrap_secret = auth::bootstrap(store.as_ref(), bootstrap_key)
+            .await
+            .map_err(|e| store_error(&config.store, e))?;
         let server = Running::start(ServerSpec {
             plane: PLANE,
             grpc,
             admin,
-            routes: api::routes(),
+            routes: api::routes(admin::Admin::new(store.clone())),
             services: aios_proto::CONTROL_PLANE_SERVICES,
-            gates: &[],
+            gates: &[GATE_STORE],
             http: None,
         })
         .await?;
-        Ok(Self { server })
+        let health = watch_store_health(
+            store.clone(),
+            server.readiness().clone(),
+            server.shutdown_token(),
+        )
+        .await;
+        Ok(Self {
+            server,
+            store,
+            bootstrap_secret,
+            health,
+        })
+    }
+
+    /// The platform admin key generated on this first start, to show once.
+    pub fn bootstrap_secret(&self) -> Option<&str> {
+        self.bootstrap_secret.as_deref()
+    }
+
+    /// The store this plane serves from.
+    pub fn store(&self) -> &SharedStore {
+        &self.store
     }
 
     /// Bound gRPC address.
@@ -61,11 +108,61 @@ impl ControlPlane {
 
     /// Drains in-flight calls for up to `grace`, then stops.
     pub async fn shutdown(self, grace: Duration) -> Drain {
-        self.server.shutdown(grace).await
+        let drain = self.server.shutdown(grace).await;
+        // The health loop stops on the shutdown signal the drain sent.
+        let _ = self.health.await;
+        drain
     }
 
     /// Serves until SIGINT/SIGTERM, then drains for up to `grace`.
     pub async fn run_until_signal(self, grace: Duration) -> Drain {
-        aios_runtime::server::run_until_signal(self.server, grace).await
+        aios_runtime::server::run_until_signal(grace, |grace| self.shutdown(grace)).await
     }
+}
+
+/// A store that cannot be opened at start is fatal: the operator must fix
+/// the URL, the file, or the cluster.
+fn store_error(url: &StoreUrl, error: store::StoreError) -> StartError {
+    match error {
+        store::StoreError::Unavailable(reason) => StartError::Serve(ServeError::Io(
+            std::io::Error::other(format!("store {url} is unavailable: {reason}")),
+        )),
+        other => StartError::Config(ConfigError::invalid("--store", url, other)),
+    }
+}
+
+/// Keeps the `store` gate open exactly while the store answers, so load
+/// balancers route around a replica that lost its store. The first check
+/// runs before this returns, so a started plane reports its real state.
+async fn watch_store_health(
+    store: SharedStore,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let check = |store: SharedStore| async move {
+        matches!(
+            tokio::time::timeout(STORE_CHECK_INTERVAL, store.revision()).await,
+            Ok(Ok(_))
+        )
+    };
+    let mut healthy = check(store.clone()).await;
+    readiness.set(GATE_STORE, healthy).await;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(STORE_CHECK_INTERVAL) => {}
+            }
+            let ok = check(store.clone()).await;
+            if ok != healthy {
+                if ok {
+                    tracing::info!(store = %store.describe(), "store answering again");
+                } else {
+                    tracing::warn!(store = %store.describe(), "store not answering; reporting NOT_SERVING");
+                }
+                readiness.set(GATE_STORE, ok).await;
+                healthy = ok;
+            }
+        }
+    })
 }

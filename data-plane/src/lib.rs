@@ -81,6 +81,6 @@ impl DataPlane {
 
     /// Serves until SIGINT/SIGTERM, then drains for up to `grace`.
     pub async fn run_until_signal(self, grace: Duration) -> Drain {
-        aios_runtime::server::run_until_signal(self.server, grace).await
+        aios_runtime::server::run_until_signal(grace, |grace| self.shutdown(grace)).await
     }
 }

@@ -190,11 +190,15 @@ fn spawn_http(
     });
 }
 
-/// Runs a started plane until SIGINT or SIGTERM, then drains it.
-pub async fn run_until_signal(running: Running, grace: Duration) -> Drain {
+/// Waits for SIGINT or SIGTERM, then runs `shutdown(grace)`: the plane's
+/// own drain, which may stop more than the servers.
+pub async fn run_until_signal<F>(grace: Duration, shutdown: impl FnOnce(Duration) -> F) -> Drain
+where
+    F: std::future::Future<Output = Drain>,
+{
     let signal = wait_for_signal().await;
     tracing::info!(signal, grace_ms = grace.as_millis() as u64, "shutting down");
-    let drain = running.shutdown(grace).await;
+    let drain = shutdown(grace).await;
     tracing::info!(?drain, "stopped");
     drain
 }

@@ -4,6 +4,10 @@
 //! Binaries are looked up next to the test executable (`target/<profile>/`);
 //! the README's test command builds them first (`scripts/test.sh`).
 
+pub mod etcd;
+
+pub mod admin;
+
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
@@ -190,22 +194,32 @@ pub struct SpawnedPlane {
 }
 
 impl SpawnedPlane {
-    /// Starts `aios-control-plane` with `extra` flags.
+    /// Starts `aios-control-plane` with `extra` flags on a fresh embedded store.
     pub fn control_plane(extra: &[&str]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let store = format!("embedded:{}", dir.path().join("cp.db").display());
+        Self::control_plane_on(&store, &[], extra, dir)
+    }
+
+    /// Starts `aios-control-plane` on `store` with extra environment and flags.
+    pub fn control_plane_on(
+        store: &str,
+        env: &[(&str, &str)],
+        extra: &[&str],
+        dir: tempfile::TempDir,
+    ) -> Result<Self> {
         let mut args = vec![
             "--listen",
             "127.0.0.1:0",
             "--admin-listen",
             "127.0.0.1:0",
             "--store",
-            &store,
+            store,
             "--log-format",
             "json",
         ];
         args.extend_from_slice(extra);
-        Self::start("aios-control-plane", &args, dir)
+        Self::start("aios-control-plane", &args, env, dir)
     }
 
     /// Starts `aios-data-plane` with `extra` flags.
@@ -227,11 +241,16 @@ impl SpawnedPlane {
             "json",
         ];
         args.extend_from_slice(extra);
-        Self::start("aios-data-plane", &args, dir)
+        Self::start("aios-data-plane", &args, &[], dir)
     }
 
-    fn start(name: &str, args: &[&str], dir: tempfile::TempDir) -> Result<Self> {
-        let mut process = Process::spawn(&bin(name)?, args)?;
+    fn start(
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: tempfile::TempDir,
+    ) -> Result<Self> {
+        let mut process = Process::spawn_with_env(&bin(name)?, args, env)?;
         let serving = process.wait_for_log("serving", Duration::from_secs(30))?;
         let addr = |key: &str| -> Result<SocketAddr> {
             serving[key]

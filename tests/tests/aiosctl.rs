@@ -103,3 +103,72 @@ fn aiosctl_rejects_bad_flags_with_one_line() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("'xml'"), "{stderr}");
 }
+
+#[test]
+fn the_examples_apply_all_or_nothing_through_aiosctl_and_are_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("dev");
+    let mut dev = Process::spawn(
+        &bin("aiosctl").unwrap(),
+        &["-o", "json", "dev", "--state-dir", state.to_str().unwrap()],
+    )
+    .unwrap();
+    let lines = dev.stdout_lines().unwrap();
+    let first = lines
+        .recv_timeout(Duration::from_secs(60))
+        .expect("dev prints its endpoints");
+    let endpoints: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let cp = endpoints["control_plane"]["grpc"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = endpoints["api_key"].as_str().unwrap().to_string();
+    let examples = aios_tests::repo_root().join("deploy/examples");
+    let examples = examples.to_str().unwrap();
+    let ctl = |args: &[&str]| {
+        let output = Command::new(bin("aiosctl").unwrap())
+            .args(["--endpoint", &cp, "--api-key", &key])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.code(), text)
+    };
+
+    let (code, out) = ctl(&["apply", "-f", examples]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.matches(" created").count(), 21, "{out}");
+    assert_eq!(
+        out.matches("secret (shown once)").count(),
+        6,
+        "each new key's secret is shown once: {out}"
+    );
+    let (code, out) = ctl(&["apply", "-f", examples]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(out.matches(" unchanged").count(), 21, "{out}");
+    let (code, out) = ctl(&["diff", "-f", examples]);
+    assert_eq!(code, Some(0), "nothing to change: {out}");
+
+    let (code, out) = ctl(&["-o", "json", "get", "models", "--tenant", "acme"]);
+    assert_eq!(code, Some(0), "{out}");
+    let models: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(models.as_array().unwrap().len(), 5, "{out}");
+
+    // A typo is reported with file, document, line and column; nothing is sent.
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "metadata:\n  name: a\n  tenant: acme\nagent:\n  routingTable: default\n  maxStepz: 3\n",
+    )
+    .unwrap();
+    let (code, out) = ctl(&["apply", "-f", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("bad.yaml") && out.contains("line 6") && out.contains("maxStepz"),
+        "{out}"
+    );
+
+    dev.signal("INT").unwrap();
+    assert_eq!(dev.wait(Duration::from_secs(30)).unwrap().code(), Some(0));
+}

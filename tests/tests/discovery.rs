@@ -67,7 +67,7 @@ async fn each_plane_lists_exactly_its_services_and_serves() {
         .await
         .unwrap_err();
     assert!(
-        err.to_string().contains("not found") || err.to_string().contains("NotFound"),
+        matches!(&err, aios_client::ClientError::Rpc(status) if status.code() == tonic::Code::NotFound),
         "{err}"
     );
 

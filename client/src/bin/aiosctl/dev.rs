@@ -16,6 +16,8 @@ const GRACE: Duration = Duration::from_secs(5);
 #[derive(Serialize)]
 struct DevEndpoints {
     state_dir: String,
+    /// The platform admin key of this dev environment.
+    api_key: String,
     control_plane: PlaneEndpoints,
     data_plane: PlaneEndpoints,
 }
@@ -35,7 +37,9 @@ pub async fn run(globals: &Globals, state_dir: &Path, log: &str) -> Result<i32, 
     std::fs::create_dir_all(&node_dir)
         .map_err(|e| format!("cannot create state dir {}: {e}", node_dir.display()))?;
 
-    let cp_config = aios_control_plane::Config::local(state_dir);
+    let api_key = dev_admin_key(state_dir)?;
+    let mut cp_config = aios_control_plane::Config::local(state_dir);
+    cp_config.bootstrap_admin_key = Some(aios_control_plane::Secret::new(api_key.clone())?);
     let control_plane = ControlPlane::start(&cp_config)
         .await
         .map_err(|e| e.to_string())?;
@@ -47,6 +51,7 @@ pub async fn run(globals: &Globals, state_dir: &Path, log: &str) -> Result<i32, 
 
     let endpoints = DevEndpoints {
         state_dir: state_dir.display().to_string(),
+        api_key,
         control_plane: PlaneEndpoints {
             grpc: cp_url.to_string(),
             admin: format!("http://{}", control_plane.admin_addr()),
@@ -86,12 +91,20 @@ fn banner(e: &DevEndpoints) -> String {
          \x20                OpenAI  {openai}\n\
          \x20                admin   {dp_admin}/metrics  /healthz  /readyz\n\
          \n\
+         Platform admin key (kept in {state}/admin.key):\n\
+         \x20 export AIOS_API_KEY={api_key}\n\
+         \n\
          Try, in another terminal:\n\
-         \x20 {aiosctl} --endpoint {cp_grpc} status --data-plane {dp_grpc}\n\
+         \x20 export AIOS_ENDPOINT={cp_grpc} AIOS_API_KEY={api_key}\n\
+         \x20 {aiosctl} status --data-plane {dp_grpc}\n\
+         \x20 {aiosctl} apply -f deploy/examples/\n\
+         \x20 {aiosctl} get all --tenant acme\n\
+         \x20 {aiosctl} audit --all-tenants\n\
          \x20 grpcurl -plaintext {cp_host} list\n\
          \n\
          Press Ctrl-C to stop.\n",
         state = e.state_dir,
+        api_key = e.api_key,
         cp_grpc = cp.grpc,
         cp_admin = cp.admin,
         dp_grpc = dp.grpc,
@@ -113,4 +126,29 @@ fn self_command() -> String {
         },
         _ => "aiosctl".into(),
     }
+}
+
+/// The dev environment's platform admin key: created once per state
+/// directory (readable only by this user) and reused, so it stays valid
+/// across restarts of `aiosctl dev` on the same store.
+fn dev_admin_key(state_dir: &Path) -> Result<String, String> {
+    let path = state_dir.join("admin.key");
+    match std::fs::read_to_string(&path) {
+        Ok(key) => return Ok(key.trim().to_string()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot read {}: {e}", path.display()));
+        }
+        Err(_) => {}
+    }
+    let key = aios_control_plane::auth::generate_secret();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{key}\n").as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(key)
 }

@@ -1,7 +1,14 @@
 //! `aiosctl`: operate aios from the command line.
 
+mod apply;
+mod audit;
+mod delete;
 mod dev;
+mod diff;
+mod get;
+mod linediff;
 mod output;
+mod resources;
 mod status;
 
 use std::{path::PathBuf, time::Duration};
@@ -9,6 +16,7 @@ use std::{path::PathBuf, time::Duration};
 use aios_runtime::cli;
 use clap::{Parser, Subcommand};
 use output::Format;
+use resources::Failure;
 
 /// Default control-plane endpoint.
 const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7070";
@@ -19,7 +27,7 @@ const DEFAULT_DATA_PLANE: &str = "http://127.0.0.1:7080";
 #[command(
     name = "aiosctl",
     version,
-    about = "Operate aios: fleet state, status, and a local dev environment."
+    about = "Operate aios: resources, the audit log, status, and a local dev environment."
 )]
 struct Cli {
     /// Control-plane gRPC endpoint.
@@ -66,6 +74,16 @@ enum Command {
         #[arg(long, env = "AIOS_LOG", default_value = "warn", value_name = "FILTER")]
         log: String,
     },
+    /// Create or update the resources in manifests, all-or-nothing (at most 32 per apply).
+    Apply(apply::Args),
+    /// Show one resource or list them, as a table or as manifests (-o yaml|json).
+    Get(get::Args),
+    /// Delete a resource.
+    Delete(delete::Args),
+    /// Show what `apply` would change; exits 0 if nothing, 1 if something, 2 on error.
+    Diff(diff::Args),
+    /// Show the audit log, newest first.
+    Audit(audit::Args),
 }
 
 /// Global options every command gets.
@@ -86,12 +104,21 @@ async fn main() {
         output: cli.output,
         timeout: cli.timeout,
     };
-    let code = match cli.command {
-        Command::Status { data_plane } => status::run(&globals, &data_plane).await,
-        Command::Dev { state_dir, log } => dev::run(&globals, &state_dir, &log).await,
+    let code: Result<i32, Failure> = match &cli.command {
+        Command::Status { data_plane } => status::run(&globals, data_plane)
+            .await
+            .map_err(Failure::from),
+        Command::Dev { state_dir, log } => dev::run(&globals, state_dir, log)
+            .await
+            .map_err(Failure::from),
+        Command::Apply(args) => apply::run(&globals, args).await,
+        Command::Get(args) => get::run(&globals, args).await,
+        Command::Delete(args) => delete::run(&globals, args).await,
+        Command::Diff(args) => diff::run(&globals, args).await,
+        Command::Audit(args) => audit::run(&globals, args).await,
     };
     match code {
         Ok(code) => std::process::exit(code),
-        Err(error) => cli::exit_with(cli::EXIT_FAILURE, &error),
+        Err(failure) => cli::exit_with(failure.code, &failure.message),
     }
 }

@@ -9,9 +9,9 @@ use serde::Serialize;
 pub enum Format {
     /// Aligned columns.
     Table,
-    /// One JSON document.
+    /// JSON (a listing is one array).
     Json,
-    /// One YAML document.
+    /// YAML (a listing is documents separated by `---`).
     Yaml,
 }
 

@@ -1,0 +1,83 @@
+use tonic::Code;
+
+use super::{
+    call::{BACKOFF_BASE, BACKOFF_MAX, Call, backoff, map_error, never_sent},
+    convert::key_range,
+    *,
+};
+
+#[test]
+fn range_keys_cover_prefix_and_after() {
+    assert_eq!(key_range("a/b/", ""), (b"a/b/".to_vec(), b"a/b0".to_vec()));
+    assert_eq!(key_range("", ""), (vec![0], vec![0]));
+    assert_eq!(key_range("", "k"), (b"k\0".to_vec(), vec![0]));
+    assert_eq!(key_range("p/", "p/b").0, b"p/b\0");
+    // `after` below the prefix does not widen the range.
+    assert_eq!(key_range("p/", "a").0, b"p/");
+}
+
+#[test]
+fn debug_hides_the_password() {
+    let user = Some(("aios".into(), "hunter2".into()));
+    let options = format!(
+        "{:?}",
+        EtcdOptions {
+            user,
+            ..EtcdOptions::default()
+        }
+    );
+    assert!(
+        options.contains("aios") && !options.contains("hunter2"),
+        "{options}"
+    );
+}
+
+#[test]
+fn backoff_grows_jittered_and_capped() {
+    for attempt in 1..40 {
+        let ceiling = (BACKOFF_BASE * (1 << (attempt - 1).min(16))).min(BACKOFF_MAX);
+        let pause = backoff(attempt);
+        assert!(
+            pause >= ceiling / 2 && pause <= ceiling,
+            "{attempt}: {pause:?}"
+        );
+    }
+}
+
+#[test]
+fn only_connect_failures_prove_nothing_was_sent() {
+    let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    let refused = tonic::Status::from_error(Box::new(tonic::ConnectError(refused.into())));
+    assert!(never_sent(&EtcdError::GRpcStatus(refused)));
+    let timed_out = tonic::Status::unavailable("etcdserver: request timed out");
+    assert!(!never_sent(&EtcdError::GRpcStatus(timed_out)));
+}
+
+#[test]
+fn etcd_errors_map_to_store_errors() {
+    let call = Call {
+        revision: 3,
+        ..Call::read("test").lease(7)
+    };
+    let map =
+        |code, text: &str| map_error(&EtcdError::GRpcStatus(tonic::Status::new(code, text)), call);
+    let lease = map(Code::NotFound, "etcdserver: requested lease not found");
+    assert_eq!(lease, StoreError::LeaseNotFound(7));
+    let compacted = map(
+        Code::OutOfRange,
+        "mvcc: required revision has been compacted",
+    );
+    assert!(matches!(
+        compacted,
+        StoreError::Compacted { requested: 3, .. }
+    ));
+    let future = map(
+        Code::OutOfRange,
+        "mvcc: required revision is a future revision",
+    );
+    assert!(matches!(future, StoreError::Internal(_)));
+    let leader = map(Code::Unavailable, "etcdserver: leader changed");
+    assert!(matches!(leader, StoreError::Unavailable(_)));
+    let ttl_zero = EtcdError::LeaseKeepAliveError("lease not found".into());
+    assert_eq!(map_error(&ttl_zero, call), StoreError::LeaseNotFound(7));
+}
