@@ -141,3 +141,22 @@ pub fn agent(tenant: &str, name: &str, routing_table: &str) -> pb::Resource {
         })),
     }
 }
+
+/// A RoutingTable sending every request to `model`.
+pub fn routing_table(tenant: &str, name: &str, model: &str) -> pb::Resource {
+    pb::Resource {
+        metadata: meta(tenant, name),
+        spec: Some(Spec::RoutingTable(pb::RoutingTableSpec {
+            tiers: vec![pb::RouteTier {
+                name: "all".into(),
+                complexity: pb::Complexity::Complex as i32,
+                targets: vec![pb::WeightedTarget {
+                    model: model.into(),
+                    weight: 1,
+                }],
+                fallbacks: vec![],
+            }],
+            ..Default::default()
+        })),
+    }
+}

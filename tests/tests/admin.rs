@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use aios_proto::v1::{self as pb, admin_service_client::AdminServiceClient, resource::Spec};
-use aios_tests::admin::{ADMIN_KEY, TestPlane, agent, api_key, budget, model, tenant};
+use aios_tests::admin::{
+    ADMIN_KEY, TestPlane, agent, api_key, budget, model, routing_table, tenant,
+};
 use futures::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -398,25 +400,7 @@ async fn invalid_stale_and_oversized_writes_fail_cleanly_and_write_nothing() {
     assert_eq!(c.delete(delete).await.unwrap_err().code(), Code::Aborted);
 
     // Oversized values: the only fault is the size (the routing table exists).
-    let rt = pb::Resource {
-        metadata: Some(pb::ObjectMeta {
-            name: "rt".into(),
-            tenant: "acme".into(),
-            ..Default::default()
-        }),
-        spec: Some(Spec::RoutingTable(pb::RoutingTableSpec {
-            tiers: vec![pb::RouteTier {
-                name: "all".into(),
-                complexity: pb::Complexity::Complex as i32,
-                targets: vec![pb::WeightedTarget {
-                    model: "m".into(),
-                    weight: 1,
-                }],
-                fallbacks: vec![],
-            }],
-            ..Default::default()
-        })),
-    };
+    let rt = routing_table("acme", "rt", "m");
     apply(&mut c, rt).await.unwrap();
     apply(&mut c, agent("acme", "small", "rt")).await.unwrap();
     let mut huge = agent("acme", "huge", "rt");
@@ -471,25 +455,7 @@ async fn batches_are_all_or_nothing_and_may_reference_each_other() {
     let plane = TestPlane::embedded().await;
     let mut c = client(&plane, ADMIN_KEY).await;
     apply(&mut c, tenant("acme")).await.unwrap();
-    let mut rt = pb::Resource {
-        metadata: Some(pb::ObjectMeta {
-            name: "rt".into(),
-            tenant: "acme".into(),
-            ..Default::default()
-        }),
-        spec: Some(Spec::RoutingTable(pb::RoutingTableSpec {
-            tiers: vec![pb::RouteTier {
-                name: "all".into(),
-                complexity: pb::Complexity::Complex as i32,
-                targets: vec![pb::WeightedTarget {
-                    model: "m".into(),
-                    weight: 1,
-                }],
-                fallbacks: vec![],
-            }],
-            ..Default::default()
-        })),
-    };
+    let mut rt = routing_table("acme", "rt", "m");
     // One invalid document: nothing is written.
     let mut bad_model = model("acme", "m");
     if let Some(Spec::Model(spec)) = bad_model.spec.as_mut() {

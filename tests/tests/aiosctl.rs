@@ -19,10 +19,9 @@ fn aiosctl(args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
-#[test]
-fn dev_starts_both_planes_and_status_sees_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("dev");
+/// `aiosctl -o json dev` with its state under `dir`, and the endpoints it prints.
+fn start_dev(dir: &std::path::Path) -> (Process, serde_json::Value) {
+    let state = dir.join("dev");
     let mut dev = Process::spawn(
         &bin("aiosctl").unwrap(),
         &["-o", "json", "dev", "--state-dir", state.to_str().unwrap()],
@@ -32,7 +31,13 @@ fn dev_starts_both_planes_and_status_sees_them() {
     let first = lines
         .recv_timeout(Duration::from_secs(60))
         .expect("dev prints its endpoints");
-    let endpoints: serde_json::Value = serde_json::from_str(&first).unwrap();
+    (dev, serde_json::from_str(&first).unwrap())
+}
+
+#[test]
+fn dev_starts_both_planes_and_status_sees_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dev, endpoints) = start_dev(dir.path());
     let cp = endpoints["control_plane"]["grpc"].as_str().unwrap();
     let dp = endpoints["data_plane"]["grpc"].as_str().unwrap();
     assert!(
@@ -107,17 +112,7 @@ fn aiosctl_rejects_bad_flags_with_one_line() {
 #[test]
 fn the_examples_apply_all_or_nothing_through_aiosctl_and_are_idempotent() {
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("dev");
-    let mut dev = Process::spawn(
-        &bin("aiosctl").unwrap(),
-        &["-o", "json", "dev", "--state-dir", state.to_str().unwrap()],
-    )
-    .unwrap();
-    let lines = dev.stdout_lines().unwrap();
-    let first = lines
-        .recv_timeout(Duration::from_secs(60))
-        .expect("dev prints its endpoints");
-    let endpoints: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let (mut dev, endpoints) = start_dev(dir.path());
     let cp = endpoints["control_plane"]["grpc"]
         .as_str()
         .unwrap()

@@ -174,7 +174,7 @@ async fn bench_raw_txn(store: SharedStore, o: Options, run: &str) -> serde_json:
 /// the start of each apply to each watcher's receipt.
 async fn bench_watch(plane: &TestPlane, o: Options) -> serde_json::Value {
     let c = client(plane).await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let mut ready = Vec::new();
     for _ in 0..o.watchers {
         let mut c = c.clone();
@@ -212,32 +212,12 @@ async fn bench_watch(plane: &TestPlane, o: Options) -> serde_json::Value {
         .await
         .unwrap();
     }
-    let expected = o.watchers * o.changes;
-    let mut latencies = Vec::with_capacity(expected);
-    while latencies.len() < expected {
-        let (name, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await
-            .expect("events keep coming")
-            .unwrap();
-        if let Some(sent_at) = sent.get(&name) {
-            latencies.push(at.saturating_duration_since(*sent_at));
-        }
-    }
-    let wall = started.elapsed();
-    for task in ready {
-        task.abort();
-    }
-    latencies.sort();
-    json!({
-        "events_per_s": expected as f64 / wall.as_secs_f64(),
-        "delivery_p50_ms": percentile(&latencies, 0.50),
-        "delivery_p99_ms": percentile(&latencies, 0.99),
-    })
+    fan_out_report(rx, &sent, o.watchers * o.changes, started, ready).await
 }
 
 async fn bench_raw_watch(store: SharedStore, o: Options, run: &str) -> serde_json::Value {
     let prefix = format!("/bench/watch/{run}/");
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let mut tasks = Vec::new();
     for _ in 0..o.watchers {
         let mut stream = store
@@ -275,7 +255,18 @@ async fn bench_raw_watch(store: SharedStore, o: Options, run: &str) -> serde_jso
             .await
             .unwrap();
     }
-    let expected = o.watchers * o.changes;
+    fan_out_report(rx, &sent, o.watchers * o.changes, started, tasks).await
+}
+
+/// Waits until every watcher has seen every write and reports delivery
+/// latency (write start to receipt) and the event rate.
+async fn fan_out_report(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
+    sent: &std::collections::HashMap<String, Instant>,
+    expected: usize,
+    started: Instant,
+    watchers: Vec<tokio::task::JoinHandle<()>>,
+) -> serde_json::Value {
     let mut latencies = Vec::with_capacity(expected);
     while latencies.len() < expected {
         let (key, at) = tokio::time::timeout(Duration::from_secs(60), rx.recv())
@@ -287,8 +278,8 @@ async fn bench_raw_watch(store: SharedStore, o: Options, run: &str) -> serde_jso
         }
     }
     let wall = started.elapsed();
-    for task in tasks {
-        task.abort();
+    for watcher in watchers {
+        watcher.abort();
     }
     latencies.sort();
     json!({
