@@ -12,6 +12,8 @@ use aios_runtime::{
 use clap::Parser;
 use serde::Deserialize;
 
+pub use crate::store::etcd::EtcdTls;
+
 /// Default gRPC listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 /// Default admin HTTP listen address.
@@ -42,6 +44,31 @@ pub struct Cli {
     pub bootstrap_admin_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
+    // Last: its help heading would also cover the flags after it.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+}
+
+/// How to reach an `etcd://` store: TLS and etcd's own authentication.
+#[derive(Debug, Default, clap::Args)]
+#[command(next_help_heading = "etcd (with an etcd:// store)")]
+pub struct EtcdArgs {
+    /// CA certificate (PEM) that signed etcd's server certificates; turns on TLS to etcd.
+    #[arg(long, env = "AIOS_ETCD_CA_FILE", value_name = "PATH")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd's --client-cert-auth; needs --etcd-key-file.
+    #[arg(long, env = "AIOS_ETCD_CERT_FILE", value_name = "PATH")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert-file.
+    #[arg(long, env = "AIOS_ETCD_KEY_FILE", value_name = "PATH")]
+    pub etcd_key_file: Option<PathBuf>,
+    /// etcd user, when etcd has auth enabled; the password comes from
+    /// AIOS_ETCD_PASSWORD or --etcd-password-file, never from a flag.
+    #[arg(long, env = "AIOS_ETCD_USER", value_name = "USER")]
+    pub etcd_user: Option<String>,
+    /// File holding the etcd user's password (else AIOS_ETCD_PASSWORD).
+    #[arg(long, env = "AIOS_ETCD_PASSWORD_FILE", value_name = "PATH")]
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 /// Keys accepted in the `--config` file.
@@ -52,6 +79,11 @@ struct FileConfig {
     admin_listen: Option<ListenAddr>,
     store: Option<StoreUrl>,
     bootstrap_admin_key_file: Option<PathBuf>,
+    etcd_ca_file: Option<PathBuf>,
+    etcd_cert_file: Option<PathBuf>,
+    etcd_key_file: Option<PathBuf>,
+    etcd_user: Option<String>,
+    etcd_password_file: Option<PathBuf>,
     log: Option<String>,
     log_format: Option<LogFormat>,
     #[serde(
@@ -70,6 +102,8 @@ pub struct Config {
     pub admin_listen: ListenAddr,
     /// Store backend.
     pub store: StoreUrl,
+    /// TLS and credentials for an `etcd://` store (empty otherwise).
+    pub etcd: EtcdSettings,
     /// Platform admin key to create on first start; `None` = generate one.
     pub bootstrap_admin_key: Option<Secret>,
     /// Logging and shutdown.
@@ -88,6 +122,14 @@ impl Config {
             log_format: file.log_format,
             shutdown_grace: file.shutdown_grace,
         };
+        let etcd = EtcdArgs {
+            etcd_ca_file: cli.etcd.etcd_ca_file.or(file.etcd_ca_file),
+            etcd_cert_file: cli.etcd.etcd_cert_file.or(file.etcd_cert_file),
+            etcd_key_file: cli.etcd.etcd_key_file.or(file.etcd_key_file),
+            etcd_user: cli.etcd.etcd_user.or(file.etcd_user),
+            etcd_password_file: cli.etcd.etcd_password_file.or(file.etcd_password_file),
+        };
+        let store = pick(cli.store, file.store, DEFAULT_STORE, "--store")?;
         Ok(Self {
             listen: pick(cli.listen, file.listen, DEFAULT_LISTEN, "--listen")?,
             admin_listen: pick(
@@ -96,7 +138,8 @@ impl Config {
                 DEFAULT_ADMIN_LISTEN,
                 "--admin-listen",
             )?,
-            store: pick(cli.store, file.store, DEFAULT_STORE, "--store")?,
+            etcd: EtcdSettings::resolve(&store, etcd)?,
+            store,
             bootstrap_admin_key: bootstrap_key(
                 cli.bootstrap_admin_key_file
                     .or(file.bootstrap_admin_key_file),
@@ -113,6 +156,7 @@ impl Config {
             listen: any_port,
             admin_listen: any_port,
             store: StoreUrl::Embedded(state_dir.join("control-plane.db")),
+            etcd: EtcdSettings::default(),
             bootstrap_admin_key: None,
             process: ProcessConfig::default(),
         }
@@ -151,6 +195,15 @@ impl Secret {
         Ok(Self(value))
     }
 
+    /// Accepts any non-empty secret without line breaks (etcd passwords
+    /// have no shape rule of their own).
+    pub fn password(value: String) -> Result<Self, String> {
+        if value.is_empty() || value.contains(['\n', '\r']) {
+            return Err("must be non-empty and one line".into());
+        }
+        Ok(Self(value))
+    }
+
     /// The secret itself.
     pub fn expose(&self) -> &str {
         &self.0
@@ -177,6 +230,140 @@ where
         None => default
             .parse()
             .map_err(|e| ConfigError::invalid(setting, default, e)),
+    }
+}
+
+// === EtcdSettings ===
+
+/// How to reach an `etcd://` store, validated: the files exist and are
+/// readable, certificate and key come together, a user has a password.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// TLS files; `None` = plain HTTP.
+    pub tls: Option<EtcdTls>,
+    /// etcd user and password, when etcd has auth enabled.
+    pub auth: Option<EtcdAuth>,
+}
+
+/// An etcd user and its password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdAuth {
+    /// User name.
+    pub user: String,
+    /// Password (from a file or `AIOS_ETCD_PASSWORD`).
+    pub password: Secret,
+}
+
+impl EtcdSettings {
+    /// Checks the merged `args` against `store` and against each other.
+    fn resolve(store: &StoreUrl, args: EtcdArgs) -> Result<Self, ConfigError> {
+        // An environment variable, never a flag: flags show up in `ps`.
+        let password_env = std::env::var("AIOS_ETCD_PASSWORD").ok();
+        let files = [
+            ("--etcd-ca-file", &args.etcd_ca_file),
+            ("--etcd-cert-file", &args.etcd_cert_file),
+            ("--etcd-key-file", &args.etcd_key_file),
+            ("--etcd-password-file", &args.etcd_password_file),
+        ];
+        if let StoreUrl::Embedded(_) = store {
+            let file = files.into_iter().find_map(|(setting, path)| {
+                path.as_ref()
+                    .map(|path| (setting, path.display().to_string()))
+            });
+            let user = args.etcd_user.map(|user| ("--etcd-user", user));
+            let password = password_env.map(|_| ("AIOS_ETCD_PASSWORD", "(hidden)".into()));
+            return match file.or(user).or(password) {
+                Some((setting, value)) => Err(ConfigError::invalid(
+                    setting,
+                    value,
+                    format!("needs an etcd:// store (--store is {store})"),
+                )),
+                None => Ok(Self::default()),
+            };
+        }
+        for (setting, path) in files {
+            if let Some(path) = path {
+                readable(setting, path)?;
+            }
+        }
+        Ok(Self {
+            tls: tls(args.etcd_ca_file, args.etcd_cert_file, args.etcd_key_file)?,
+            auth: auth(args.etcd_user, args.etcd_password_file, password_env)?,
+        })
+    }
+}
+
+/// TLS on with a CA file; a client certificate and its key both or neither.
+fn tls(
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<EtcdTls>, ConfigError> {
+    const NO_CA: &str = "needs --etcd-ca-file: a client certificate is only sent over TLS";
+    const NO_KEY: &str = "needs --etcd-key-file (certificate and key go together)";
+    const NO_CERT: &str = "needs --etcd-cert-file (certificate and key go together)";
+    let refuse =
+        |setting, path: PathBuf, reason| Err(ConfigError::invalid(setting, path.display(), reason));
+    match (ca, cert, key) {
+        (None, None, None) => Ok(None),
+        (None, Some(path), _) => refuse("--etcd-cert-file", path, NO_CA),
+        (None, None, Some(path)) => refuse("--etcd-key-file", path, NO_CA),
+        (Some(_), Some(path), None) => refuse("--etcd-cert-file", path, NO_KEY),
+        (Some(_), None, Some(path)) => refuse("--etcd-key-file", path, NO_CERT),
+        (Some(ca_file), client_cert_file, client_key_file) => Ok(Some(EtcdTls {
+            ca_file,
+            client_cert_file,
+            client_key_file,
+        })),
+    }
+}
+
+/// A user and a password both or neither; the password file wins over
+/// `AIOS_ETCD_PASSWORD`, as the bootstrap key's file does.
+fn auth(
+    user: Option<String>,
+    password_file: Option<PathBuf>,
+    password_env: Option<String>,
+) -> Result<Option<EtcdAuth>, ConfigError> {
+    let password = match (password_file, password_env) {
+        (Some(path), _) => {
+            const SETTING: &str = "--etcd-password-file";
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::invalid(SETTING, path.display(), e))?;
+            let password = text.trim_end_matches(['\n', '\r']).to_string();
+            Some((SETTING, path.display().to_string(), password))
+        }
+        (None, Some(password)) => Some(("AIOS_ETCD_PASSWORD", "(hidden)".into(), password)),
+        (None, None) => None,
+    };
+    match (user, password) {
+        (None, None) => Ok(None),
+        (Some(user), None) => Err(ConfigError::invalid(
+            "--etcd-user",
+            user,
+            "needs a password: set AIOS_ETCD_PASSWORD or --etcd-password-file",
+        )),
+        (None, Some((setting, value, _))) => {
+            Err(ConfigError::invalid(setting, value, "needs --etcd-user"))
+        }
+        (Some(user), Some(_)) if user.is_empty() => {
+            Err(ConfigError::invalid("--etcd-user", "", "must not be empty"))
+        }
+        (Some(user), Some((setting, value, password))) => {
+            let password = Secret::password(password)
+                .map_err(|reason| ConfigError::invalid(setting, value, reason))?;
+            Ok(Some(EtcdAuth { user, password }))
+        }
+    }
+}
+
+/// A config error unless `path` is a file this process can open.
+fn readable(setting: &'static str, path: &std::path::Path) -> Result<(), ConfigError> {
+    let invalid = |reason: &dyn fmt::Display| ConfigError::invalid(setting, path.display(), reason);
+    std::fs::File::open(path).map_err(|e| invalid(&e))?;
+    match path.is_file() {
+        true => Ok(()),
+        false => Err(invalid(&"not a file")),
     }
 }
 
@@ -238,6 +425,8 @@ impl<'de> Deserialize<'de> for StoreUrl {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
@@ -299,6 +488,233 @@ mod tests {
         assert_eq!(
             "embedded:/x/y.db".parse::<StoreUrl>().unwrap(),
             StoreUrl::Embedded("/x/y.db".into())
+        );
+    }
+
+    /// Writes each `(name, text)` into `dir`; returns their paths.
+    fn files<const N: usize>(dir: &Path, files: [(&str, &str); N]) -> [String; N] {
+        files.map(|(name, text)| {
+            std::fs::write(dir.join(name), text).unwrap();
+            dir.join(name).to_str().unwrap().to_string()
+        })
+    }
+
+    /// The etcd settings of `--store etcd://e:2379` plus `args` (split on
+    /// spaces: temporary paths have none), or the one-line error.
+    fn etcd(args: &str) -> Result<EtcdSettings, String> {
+        let args = format!("--store etcd://e:2379 {args}");
+        let args: Vec<&str> = args.split_whitespace().collect();
+        parse(&args).map(|c| c.etcd).map_err(|e| e.one_line())
+    }
+
+    fn user_and_password(settings: &EtcdSettings) -> (&str, &str) {
+        let auth = settings.auth.as_ref().unwrap();
+        (auth.user.as_str(), auth.password.expose())
+    }
+
+    #[test]
+    fn etcd_flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let [ca, ca_flag, cert, key, pw, config] = files(
+            dir.path(),
+            [
+                ("ca", ""),
+                ("ca-flag", ""),
+                ("cert", ""),
+                ("key", ""),
+                ("pw", "s3cret\n"),
+                ("c", ""),
+            ],
+        );
+        let yaml = format!(
+            "etcd-ca-file: {ca}\netcd-cert-file: {cert}\netcd-key-file: {key}\n\
+             etcd-user: file-user\netcd-password-file: {pw}\n"
+        );
+        std::fs::write(&config, yaml).unwrap();
+        let from_file = etcd(&format!("--config {config}")).unwrap();
+        let tls = from_file.tls.as_ref().unwrap();
+        assert_eq!(
+            (&tls.ca_file, &tls.client_key_file),
+            (&ca.into(), &Some(key.into()))
+        );
+        assert_eq!(user_and_password(&from_file), ("file-user", "s3cret"));
+        let flags = format!("--config {config} --etcd-ca-file {ca_flag} --etcd-user flag-user");
+        let from_flags = etcd(&flags).unwrap();
+        assert_eq!(
+            from_flags.tls.as_ref().unwrap().ca_file,
+            PathBuf::from(ca_flag)
+        );
+        assert_eq!(user_and_password(&from_flags), ("flag-user", "s3cret"));
+        assert_eq!(etcd("").unwrap(), EtcdSettings::default());
+    }
+
+    /// clap reads `AIOS_*` from the real environment, which a test may not
+    /// change in its own process (tests run in parallel; `set_var` is
+    /// unsafe), so this runs [`etcd_settings_in_a_set_environment`] in a
+    /// child process with the variables set.
+    #[test]
+    fn etcd_env_overrides_the_file_and_flags_override_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let [ca_file, ca_env, config, ..] = files(
+            dir.path(),
+            [
+                ("ca-file", ""),
+                ("ca-env", ""),
+                ("c", ""),
+                ("ca-flag", ""),
+                ("pw", "from-file"),
+            ],
+        );
+        let yaml = format!("store: etcd://e:2379\netcd-ca-file: {ca_file}\netcd-user: file-user\n");
+        std::fs::write(&config, yaml).unwrap();
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("AIOS_") {
+                child.env_remove(key);
+            }
+        }
+        let module = module_path!().split_once("::").unwrap().1;
+        let test = format!("{module}::etcd_settings_in_a_set_environment");
+        let output = child
+            .args([test.as_str(), "--exact", "--ignored"])
+            .envs([("AIOS_CONFIG", &config), ("AIOS_ETCD_CA_FILE", &ca_env)])
+            .envs([
+                ("AIOS_ETCD_USER", "env-user"),
+                ("AIOS_ETCD_PASSWORD", "from-env"),
+            ])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&output.stdout);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success() && out.contains("1 passed"),
+            "{out}{err}"
+        );
+    }
+
+    #[test]
+    #[ignore = "run by etcd_env_overrides_the_file_and_flags_override_env, with its environment"]
+    fn etcd_settings_in_a_set_environment() {
+        let config = PathBuf::from(std::env::var("AIOS_CONFIG").unwrap());
+        let dir = config.parent().unwrap().to_str().unwrap();
+        let env = parse(&[]).unwrap().etcd;
+        assert_eq!(
+            env.tls.as_ref().unwrap().ca_file,
+            PathBuf::from(format!("{dir}/ca-env"))
+        );
+        assert_eq!(user_and_password(&env), ("env-user", "from-env"));
+        let flags = format!(
+            "--etcd-ca-file {dir}/ca-flag --etcd-user flag-user --etcd-password-file {dir}/pw"
+        );
+        let flags = etcd(&flags).unwrap();
+        let ca = &flags.tls.as_ref().unwrap().ca_file;
+        assert_eq!(ca, &PathBuf::from(format!("{dir}/ca-flag")));
+        // The password file wins over AIOS_ETCD_PASSWORD.
+        assert_eq!(user_and_password(&flags), ("flag-user", "from-file"));
+        let shown = format!("{env:?}");
+        assert!(
+            shown.contains("env-user") && !shown.contains("from-env"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn client_certificate_and_key_come_together_over_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let [ca, cert, key] = files(dir.path(), [("ca", ""), ("cert", ""), ("key", "")]);
+        let cases = [
+            (
+                format!("--etcd-ca-file {ca} --etcd-cert-file {cert}"),
+                "cert-file '",
+            ),
+            (
+                format!("--etcd-ca-file {ca} --etcd-key-file {key}"),
+                "key-file '",
+            ),
+            (
+                format!("--etcd-cert-file {cert} --etcd-key-file {key}"),
+                "needs --etcd-ca-file",
+            ),
+            (format!("--etcd-key-file {key}"), "needs --etcd-ca-file"),
+        ];
+        for (args, expected) in cases {
+            let err = etcd(&args).unwrap_err();
+            assert!(
+                err.starts_with("invalid --etcd-") && err.contains(expected),
+                "{err}"
+            );
+        }
+        let both = etcd(&format!(
+            "--etcd-ca-file {ca} --etcd-cert-file {cert} --etcd-key-file {key}"
+        ));
+        assert_eq!(
+            both.unwrap().tls.unwrap().client_cert_file,
+            Some(cert.into())
+        );
+        let ca_only = etcd(&format!("--etcd-ca-file {ca}")).unwrap().tls.unwrap();
+        assert_eq!(
+            (ca_only.client_cert_file, ca_only.client_key_file),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn etcd_user_and_password_come_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let [pw, empty] = files(dir.path(), [("pw", "x"), ("empty", "\n")]);
+        let err = etcd("--etcd-user root").unwrap_err();
+        assert!(
+            err.contains("needs a password: set AIOS_ETCD_PASSWORD"),
+            "{err}"
+        );
+        let err = etcd(&format!("--etcd-password-file {pw}")).unwrap_err();
+        assert!(err.ends_with("needs --etcd-user"), "{err}");
+        let err = etcd(&format!("--etcd-user root --etcd-password-file {empty}")).unwrap_err();
+        assert!(err.starts_with("invalid --etcd-password-file"), "{err}");
+    }
+
+    #[test]
+    fn etcd_settings_need_an_etcd_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let [ca] = files(dir.path(), [("ca", "")]);
+        for args in [["--etcd-ca-file", &ca], ["--etcd-user", "root"]] {
+            let err = parse(&args).unwrap_err().one_line();
+            let expected = format!("invalid {} '{}': needs an etcd:// store", args[0], args[1]);
+            assert!(err.starts_with(&expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn etcd_files_must_exist_and_be_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = format!("{}/missing.pem", dir.path().display());
+        let err = etcd(&format!("--etcd-ca-file {missing}")).unwrap_err();
+        let expected = format!("invalid --etcd-ca-file '{missing}': No such file");
+        assert!(err.starts_with(&expected), "{err}");
+        let err = etcd(&format!("--etcd-ca-file {}", dir.path().display())).unwrap_err();
+        assert!(err.ends_with("not a file"), "{err}");
+        let err = etcd(&format!("--etcd-user u --etcd-password-file {missing}")).unwrap_err();
+        assert!(err.starts_with("invalid --etcd-password-file"), "{err}");
+    }
+
+    #[test]
+    fn the_etcd_password_never_shows_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let [pw] = files(dir.path(), [("pw", "hunter2-password")]);
+        let args = [
+            "--store",
+            "etcd://e:1",
+            "--etcd-user",
+            "u",
+            "--etcd-password-file",
+            &pw,
+        ];
+        let config = parse(&args).unwrap();
+        assert_eq!(user_and_password(&config.etcd).1, "hunter2-password");
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("Secret(***)") && !shown.contains("hunter2"),
+            "{shown}"
         );
     }
 

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod fleet;
 pub mod keys;
 pub mod store;
 
@@ -50,29 +51,32 @@ impl ControlPlane {
         let grpc = bind("--listen", config.listen).await?;
         let admin = bind("--admin-listen", config.admin_listen).await?;
         tracing::info!(store = %config.store, "control plane starting");
-        let store = store::open(&config.store)
+        let store = store::open(&config.store, &config.etcd)
             .await
             .map_err(|e| store_error(&config.store, e))?;
         let bootstrap_key = config.bootstrap_admin_key.as_ref().map(Secret::expose);
         let bootstrap_secret = auth::bootstrap(store.as_ref(), bootstrap_key)
             .await
             .map_err(|e| store_error(&config.store, e))?;
+        // Checked before serving starts, so the "serving" log line and the
+        // first health answer already reflect the store.
+        let store_ok = store_answers(&store).await;
         let server = Running::start(ServerSpec {
             plane: PLANE,
             grpc,
             admin,
             routes: api::routes(admin::Admin::new(store.clone())),
             services: aios_proto::CONTROL_PLANE_SERVICES,
-            gates: &[GATE_STORE],
+            gates: vec![(GATE_STORE, store_ok)],
             http: None,
         })
         .await?;
         let health = watch_store_health(
             store.clone(),
+            store_ok,
             server.readiness().clone(),
             server.shutdown_token(),
-        )
-        .await;
+        );
         Ok(Self {
             server,
             store,
@@ -131,29 +135,30 @@ fn store_error(url: &StoreUrl, error: store::StoreError) -> StartError {
     }
 }
 
+/// Whether the store answers a read within the check interval.
+async fn store_answers(store: &SharedStore) -> bool {
+    matches!(
+        tokio::time::timeout(STORE_CHECK_INTERVAL, store.revision()).await,
+        Ok(Ok(_))
+    )
+}
+
 /// Keeps the `store` gate open exactly while the store answers, so load
-/// balancers route around a replica that lost its store. The first check
-/// runs before this returns, so a started plane reports its real state.
-async fn watch_store_health(
+/// balancers route around a replica that lost its store. `healthy` is the
+/// gate's state at start.
+fn watch_store_health(
     store: SharedStore,
+    mut healthy: bool,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let check = |store: SharedStore| async move {
-        matches!(
-            tokio::time::timeout(STORE_CHECK_INTERVAL, store.revision()).await,
-            Ok(Ok(_))
-        )
-    };
-    let mut healthy = check(store.clone()).await;
-    readiness.set(GATE_STORE, healthy).await;
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(STORE_CHECK_INTERVAL) => {}
             }
-            let ok = check(store.clone()).await;
+            let ok = store_answers(&store).await;
             if ok != healthy {
                 if ok {
                     tracing::info!(store = %store.describe(), "store answering again");

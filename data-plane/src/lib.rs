@@ -47,7 +47,7 @@ impl DataPlane {
             admin,
             routes: api::routes(),
             services: aios_proto::DATA_PLANE_SERVICES,
-            gates: &[],
+            gates: Vec::new(),
             http: Some((http, openai::router())),
         })
         .await?;

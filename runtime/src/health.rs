@@ -47,17 +47,19 @@ pub struct Report {
 }
 
 impl Readiness {
-    /// Creates readiness for `plane` with `gates`, all closed. `services`
-    /// are the fully-qualified gRPC services whose health follows the gates.
+    /// Creates readiness for `plane` with `gates` in their initial state
+    /// (`true` = open). `services` are the fully-qualified gRPC services
+    /// whose health follows the gates. Nothing is published until the first
+    /// [`Readiness::set`].
     pub fn new(
         plane: &'static str,
         reporter: HealthReporter,
         services: &[&str],
-        gates: &[&'static str],
+        gates: &[(&'static str, bool)],
     ) -> Self {
         let state = State {
             draining: false,
-            gates: gates.iter().map(|g| (*g, false)).collect(),
+            gates: gates.iter().copied().collect(),
         };
         Self {
             inner: Arc::new(Inner {
@@ -158,7 +160,7 @@ mod tests {
             "test",
             reporter,
             &["aios.v1.AdminService"],
-            &["grpc", "store"],
+            &[("grpc", false), ("store", false)],
         );
         readiness.set("grpc", false).await;
         assert_eq!(check(&health, "").await, Wire::NotServing as i32);

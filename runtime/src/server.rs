@@ -38,8 +38,9 @@ pub struct ServerSpec {
     pub routes: Routes,
     /// Fully-qualified names of those services (their health follows readiness).
     pub services: &'static [&'static str],
-    /// Readiness gates besides [`GATE_GRPC`], opened by the plane itself.
-    pub gates: &'static [&'static str],
+    /// Readiness gates besides [`GATE_GRPC`], with their state at start
+    /// (`true` = open); the plane opens and closes them afterwards.
+    pub gates: Vec<(&'static str, bool)>,
     /// An extra HTTP listener and its routes (the data plane's OpenAI API).
     pub http: Option<(TcpListener, axum::Router)>,
 }
@@ -70,8 +71,8 @@ impl Running {
         let grpc_addr = spec.grpc.local_addr().map_err(ServeError::Io)?;
         let admin_addr = spec.admin.local_addr().map_err(ServeError::Io)?;
         let (reporter, health) = tonic_health::server::health_reporter();
-        let mut gates = vec![GATE_GRPC];
-        gates.extend_from_slice(spec.gates);
+        let mut gates = vec![(GATE_GRPC, false)];
+        gates.extend_from_slice(&spec.gates);
         let readiness = Readiness::new(spec.plane, reporter, spec.services, &gates);
         readiness.set(GATE_GRPC, false).await;
 

@@ -1,6 +1,8 @@
 //! A real etcd 3.4 for tests: one single-member cluster per [`EtcdServer`],
 //! on free loopback ports with a fresh data directory, killed and removed
-//! when dropped. Several may run at once in one test process.
+//! when dropped. Several may run at once in one test process. With
+//! [`TlsFiles`] (a CA and certificates made by the `openssl` tool) etcd
+//! serves clients over TLS and requires a client certificate.
 
 use std::{
     fs::File,
@@ -11,7 +13,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use aios_control_plane::store::etcd::{EtcdOptions, EtcdStore};
+use aios_control_plane::store::etcd::{EtcdOptions, EtcdStore, EtcdTls};
 use anyhow::{Context, Result, bail};
 
 /// How long etcd may take to elect itself and answer.
@@ -27,6 +29,8 @@ static STARTED: AtomicU32 = AtomicU32::new(0);
 pub struct EtcdServer {
     child: Child,
     client: SocketAddr,
+    /// What a client needs to reach it, when it serves TLS.
+    tls: Option<EtcdTls>,
     /// Holds the data directory and etcd's log; removed on drop.
     dir: tempfile::TempDir,
 }
@@ -37,10 +41,21 @@ impl EtcdServer {
     /// The binary is `$AIOS_TEST_ETCD`, else `etcd` on `PATH`, else
     /// `/usr/bin/etcd` (Debian's `etcd-server`).
     pub fn start() -> Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// Starts etcd serving clients over TLS with `files`' server
+    /// certificate, requiring client certificates signed by `files`' CA
+    /// (`--client-cert-auth`). Peers stay on plain HTTP on loopback.
+    pub fn start_tls(files: &TlsFiles) -> Result<Self> {
+        Self::start_with(Some(files))
+    }
+
+    fn start_with(tls: Option<&TlsFiles>) -> Result<Self> {
         let binary = etcd_binary()?;
         let mut last = None;
         for _ in 0..START_ATTEMPTS {
-            match Self::start_once(&binary)? {
+            match Self::start_once(&binary, tls)? {
                 Started::Ready(server) => return Ok(server),
                 Started::PortTaken(log) => last = Some(log),
             }
@@ -56,12 +71,53 @@ impl EtcdServer {
         self.client.to_string()
     }
 
+    /// Options that reach this server: its endpoint and, for a TLS server,
+    /// its CA and a client certificate it accepts.
+    pub fn options(&self) -> EtcdOptions {
+        EtcdOptions {
+            endpoints: vec![self.endpoint()],
+            tls: self.tls.clone(),
+            ..EtcdOptions::default()
+        }
+    }
+
+    /// Turns on etcd's authentication with one user, `root` (role root),
+    /// through etcd's v3 HTTP gateway; plain-HTTP servers only.
+    pub fn enable_auth(&self, root_password: &str) -> Result<()> {
+        if self.tls.is_some() {
+            bail!("enable_auth speaks plain HTTP; start this etcd without TLS");
+        }
+        let user = format!(r#"{{"name":"root","password":"{root_password}"}}"#);
+        self.post("/v3/auth/user/add", &user)?;
+        self.post("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#)?;
+        self.post("/v3/auth/enable", "{}")
+    }
+
+    /// POSTs JSON to etcd's v3 HTTP gateway; fails unless it answers 200.
+    fn post(&self, path: &str, body: &str) -> Result<()> {
+        use std::io::{Read, Write};
+        let mut stream = TcpStream::connect(self.client).context("connect to etcd")?;
+        stream.set_read_timeout(Some(READY_TIMEOUT))?;
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: etcd\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes())?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        if !response.starts_with("HTTP/1.1 200") {
+            bail!("etcd {path}: {response}");
+        }
+        Ok(())
+    }
+
     /// Kills etcd and removes its data.
     pub fn stop(self) {
         drop(self);
     }
 
-    fn start_once(binary: &Path) -> Result<Started> {
+    fn start_once(binary: &Path, tls: Option<&TlsFiles>) -> Result<Started> {
         let client = free_addr()?;
         let peer = free_addr()?;
         let dir = tempfile::tempdir().context("etcd temp dir")?;
@@ -76,9 +132,20 @@ impl EtcdServer {
         );
         let log_path = dir.path().join("etcd.log");
         let log = File::create(&log_path).context("etcd log file")?;
-        let client_url = format!("http://{client}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://{client}");
         let peer_url = format!("http://{peer}");
         let mut command = Command::new(binary);
+        if let Some(files) = tls {
+            command
+                .arg("--cert-file")
+                .arg(&files.server_cert)
+                .arg("--key-file")
+                .arg(&files.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&files.ca_cert)
+                .arg("--client-cert-auth");
+        }
         // Hermetic: ETCD_* in the caller's environment would override flags.
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy().into_owned();
@@ -106,7 +173,13 @@ impl EtcdServer {
             .stderr(log)
             .spawn()
             .with_context(|| format!("spawn {}", binary.display()))?;
-        let mut server = Self { child, client, dir };
+        let tls = tls.map(TlsFiles::client_tls);
+        let mut server = Self {
+            child,
+            client,
+            tls,
+            dir,
+        };
         match server.wait_ready()? {
             None => Ok(Started::Ready(server)),
             Some(log) if log.contains("address already in use") => Ok(Started::PortTaken(log)),
@@ -122,7 +195,7 @@ impl EtcdServer {
                 return Ok(Some(self.log()));
             }
             if TcpStream::connect_timeout(&self.client, Duration::from_millis(200)).is_ok()
-                && answers(&self.endpoint())
+                && answers(self.options())
             {
                 return Ok(None);
             }
@@ -157,14 +230,13 @@ enum Started {
     PortTaken(String),
 }
 
-/// Whether a store read on `endpoint` succeeds within a second. Runs on
+/// Whether a store read with `options` succeeds within a second. Runs on
 /// its own thread and runtime, so `start` works inside async tests too.
-fn answers(endpoint: &str) -> bool {
+fn answers(options: EtcdOptions) -> bool {
     let options = EtcdOptions {
-        endpoints: vec![endpoint.to_string()],
         call_timeout: Duration::from_secs(1),
         connect_timeout: Duration::from_secs(1),
-        ..EtcdOptions::default()
+        ..options
     };
     std::thread::scope(|scope| {
         scope
@@ -233,4 +305,112 @@ impl ClosedPort {
 fn free_addr() -> Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("bind a free loopback port")?;
     Ok(listener.local_addr()?)
+}
+
+// === TLS files ===
+
+/// A CA, a server certificate for `127.0.0.1` (IP SAN) and a client
+/// certificate, all signed by that CA, as PEM files in one directory.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The CA certificate.
+    pub ca_cert: PathBuf,
+    /// etcd's certificate (server and client use: etcd's gateway dials itself).
+    pub server_cert: PathBuf,
+    /// Its key.
+    pub server_key: PathBuf,
+    /// A client certificate (`CN=aios-control-plane`).
+    pub client_cert: PathBuf,
+    /// Its key.
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Generates a fresh CA and both certificates (P-256 keys, valid for
+    /// two days) under `dir` with the `openssl` command-line tool. Fails,
+    /// never skips, where `openssl` is missing.
+    pub fn generate(dir: &Path) -> Result<Self> {
+        let path = |name: &str| dir.join(name);
+        let files = Self {
+            ca_cert: path("ca.pem"),
+            server_cert: path("server.pem"),
+            server_key: path("server-key.pem"),
+            client_cert: path("client.pem"),
+            client_key: path("client-key.pem"),
+        };
+        let ca_key = path("ca-key.pem");
+        let new_key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+        openssl(
+            &format!(
+                "req -x509 {new_key} -days 2 -subj /CN=aios-test-CA \
+                 -addext basicConstraints=critical,CA:TRUE \
+                 -addext keyUsage=critical,keyCertSign,cRLSign"
+            ),
+            &[("-keyout", &ca_key), ("-out", &files.ca_cert)],
+        )?;
+        let sign = |name: &str, cert: &Path, key: &Path, extensions: &str| -> Result<()> {
+            let (csr, ext) = (path(&format!("{name}.csr")), path(&format!("{name}.ext")));
+            std::fs::write(&ext, extensions).context("write extensions file")?;
+            openssl(
+                &format!("req -new {new_key} -subj /CN={name}"),
+                &[("-keyout", key), ("-out", &csr)],
+            )?;
+            openssl(
+                "x509 -req -days 2 -set_serial 2",
+                &[
+                    ("-in", &csr),
+                    ("-CA", &files.ca_cert),
+                    ("-CAkey", &ca_key),
+                    ("-extfile", &ext),
+                    ("-out", cert),
+                ],
+            )
+        };
+        let usage = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n";
+        sign(
+            "127.0.0.1",
+            &files.server_cert,
+            &files.server_key,
+            &format!(
+                "{usage}subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"
+            ),
+        )?;
+        sign(
+            "aios-control-plane",
+            &files.client_cert,
+            &files.client_key,
+            &format!("{usage}extendedKeyUsage=clientAuth\n"),
+        )?;
+        Ok(files)
+    }
+
+    /// What a client needs: trust this CA, present the client certificate.
+    pub fn client_tls(&self) -> EtcdTls {
+        EtcdTls {
+            ca_file: self.ca_cert.clone(),
+            client_cert_file: Some(self.client_cert.clone()),
+            client_key_file: Some(self.client_key.clone()),
+        }
+    }
+}
+
+/// Runs `openssl` with `flags` (split on spaces) and `files` (flag, path),
+/// failing with its output.
+fn openssl(flags: &str, files: &[(&str, &Path)]) -> Result<()> {
+    let mut command = Command::new("openssl");
+    command.args(flags.split_whitespace());
+    for (flag, path) in files {
+        command.arg(flag).arg(path);
+    }
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .context("the TLS tests need the `openssl` command-line tool (apt-get install openssl)")?;
+    if !output.status.success() {
+        bail!(
+            "openssl {flags} failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
 }

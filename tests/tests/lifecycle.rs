@@ -185,6 +185,9 @@ async fn a_call_in_flight_at_sigterm_is_served_to_completion() {
     // The client finishes its call; the drain completes well before the grace period.
     drop(tx);
     assert!(responses.message().await.unwrap().is_none());
+    // Release every client handle, so only the server decides when the
+    // connection closes.
+    drop(responses);
 
     let status = plane.process.wait(EXIT).unwrap();
     assert_eq!(status.code(), Some(0));

@@ -1,7 +1,7 @@
 //! `EtcdStore` against a real etcd 3.4 started per test: metadata, CAS,
 //! pagination, watches (history, live, compaction, cancel on drop, loss),
-//! leases, limits, auth, retries across a dead member, and the shared
-//! conformance suite.
+//! leases, limits, auth, retries across a dead member, TLS files checked
+//! before connecting, and the shared conformance suite (over TLS: etcd_tls.rs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
@@ -13,7 +13,7 @@ use std::{
 use aios_control_plane::store::{
     Compare, EventKind, MAX_TXN_OPS, MAX_VALUE_BYTES, Op, RangeRequest, Store, StoreError,
     TxnOutcome, WatchMessage, WatchStream, conformance,
-    etcd::{EtcdOptions, EtcdStore},
+    etcd::{EtcdOptions, EtcdStore, EtcdTls},
 };
 use aios_tests::{
     etcd::{ClosedPort, EtcdServer},
@@ -420,52 +420,45 @@ async fn no_live_member_fails_within_the_call_timeout() {
 }
 
 #[tokio::test]
-async fn tls_is_refused_with_a_reason() {
-    let result = EtcdStore::connect(EtcdOptions {
-        tls: true,
-        ..EtcdOptions::default()
-    })
-    .await;
-    let Err(StoreError::Internal(message)) = result else {
-        panic!("{result:?}");
-    };
-    assert!(message.starts_with("TLS requires"), "{message}");
-}
-
-/// POSTs JSON to etcd's v3 HTTP gateway (the tests have no etcd client of their own).
-async fn etcd_post(etcd: &EtcdServer, path: &str, body: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(etcd.endpoint())
-        .await
-        .unwrap();
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: etcd\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{path}: {response}");
-    response
+async fn unreadable_tls_files_fail_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing-ca.pem");
+    let not_pem = dir.path().join("not-pem.txt");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    // Nothing listens: a file problem must be reported as such, at once,
+    // not as an unreachable etcd after the call timeout.
+    let dead = ClosedPort::new().unwrap();
+    for (ca_file, expected) in [
+        (&missing, "cannot read CA file"),
+        (&not_pem, "no PEM certificate"),
+    ] {
+        let started = Instant::now();
+        let result = EtcdStore::connect(EtcdOptions {
+            endpoints: vec![dead.endpoint()],
+            tls: Some(EtcdTls {
+                ca_file: ca_file.clone(),
+                client_cert_file: None,
+                client_key_file: None,
+            }),
+            ..EtcdOptions::default()
+        })
+        .await;
+        let Err(StoreError::Internal(message)) = result else {
+            panic!("{result:?}");
+        };
+        let file = ca_file.display().to_string();
+        assert!(
+            message.contains(expected) && message.contains(&file),
+            "{message}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
 }
 
 #[tokio::test]
 async fn credentials_are_used_and_checked() {
     let etcd = EtcdServer::start().unwrap();
-    etcd_post(
-        &etcd,
-        "/v3/auth/user/add",
-        r#"{"name":"root","password":"pw"}"#,
-    )
-    .await;
-    etcd_post(
-        &etcd,
-        "/v3/auth/user/grant",
-        r#"{"user":"root","role":"root"}"#,
-    )
-    .await;
-    etcd_post(&etcd, "/v3/auth/enable", "{}").await;
+    etcd.enable_auth("pw").unwrap();
     let with = |user: Option<(&str, &str)>| EtcdOptions {
         endpoints: vec![etcd.endpoint()],
         user: user.map(|(name, password)| (name.into(), password.into())),

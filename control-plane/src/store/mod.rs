@@ -298,8 +298,12 @@ pub fn prefix_end(prefix: &str) -> Option<Vec<u8>> {
     None
 }
 
-/// Opens the backend a `--store` URL names.
-pub async fn open(url: &crate::config::StoreUrl) -> Result<SharedStore, StoreError> {
+/// Opens the backend a `--store` URL names; `etcd` says how to reach an
+/// `etcd://` store (TLS, credentials) and is ignored for the embedded one.
+pub async fn open(
+    url: &crate::config::StoreUrl,
+    etcd: &crate::config::EtcdSettings,
+) -> Result<SharedStore, StoreError> {
     match url {
         crate::config::StoreUrl::Embedded(path) => Ok(Arc::new(
             embedded::EmbeddedStore::open(path, embedded::EmbeddedOptions::default()).await?,
@@ -307,6 +311,11 @@ pub async fn open(url: &crate::config::StoreUrl) -> Result<SharedStore, StoreErr
         crate::config::StoreUrl::Etcd(endpoints) => Ok(Arc::new(
             etcd::EtcdStore::connect(etcd::EtcdOptions {
                 endpoints: endpoints.clone(),
+                user: etcd
+                    .auth
+                    .as_ref()
+                    .map(|auth| (auth.user.clone(), auth.password.expose().to_string())),
+                tls: etcd.tls.clone(),
                 ..etcd::EtcdOptions::default()
             })
             .await?,

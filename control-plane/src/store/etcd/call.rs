@@ -151,6 +151,14 @@ pub(super) fn done_before(attempt: u32, error: &EtcdError, already: &str) -> boo
     attempt > 0 && text.contains(already)
 }
 
+/// The innermost error under `error`.
+fn root_cause(mut error: &(dyn std::error::Error + 'static)) -> String {
+    while let Some(source) = error.source() {
+        error = source;
+    }
+    error.to_string()
+}
+
 /// Maps an etcd-client error; `call` names the lease or revision it is about.
 pub(super) fn map_error(error: &EtcdError, call: Call) -> StoreError {
     let message = format!("etcd {}: {error}", call.what);
@@ -161,7 +169,13 @@ pub(super) fn map_error(error: &EtcdError, call: Call) -> StoreError {
     match error {
         EtcdError::GRpcStatus(status) => {
             let text = status.message();
-            let message = format!("etcd {}: {:?}: {text}", call.what, status.code());
+            let mut message = format!("etcd {}: {:?}: {text}", call.what, status.code());
+            // tonic's text for a local transport failure can be generic
+            // ("transport error"); the cause, e.g. a refused certificate, is below.
+            let cause = status.source().map(root_cause);
+            if let Some(cause) = cause.filter(|cause| !message.contains(cause.as_str())) {
+                message = format!("{message} ({cause})");
+            }
             if text.contains(LEASE_NOT_FOUND) {
                 lease_not_found()
             } else if text.contains(COMPACTED) {

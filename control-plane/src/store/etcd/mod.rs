@@ -5,7 +5,9 @@
 //! ([`EtcdOptions::call_timeout`]) and retry within it; watches use a
 //! second connection with no deadline at all, because a channel-wide
 //! timeout would cut every watch (and, later, elections and locks) that is
-//! meant to wait for as long as the process lives.
+//! meant to wait for as long as the process lives. With [`EtcdTls`] both
+//! connections use TLS (rustls through tonic), with an optional client
+//! certificate for etcd's `--client-cert-auth`.
 //!
 //! Retries: the crate balances calls over every endpoint, dead ones
 //! included, so without retries a share of calls fails while one member is
@@ -19,6 +21,7 @@
 
 mod call;
 mod convert;
+mod tls;
 mod watch;
 
 #[cfg(test)]
@@ -35,6 +38,7 @@ use etcd_client::{
 };
 use futures::StreamExt;
 
+pub use self::tls::EtcdTls;
 use self::{
     call::{COMPACTED, Call, LEASE_NOT_FOUND, done_before, retry_until},
     convert::{header_revision, key_range, key_value, txn_compare, txn_op},
@@ -69,8 +73,8 @@ pub struct EtcdOptions {
     pub connect_timeout: Duration,
     /// etcd user name and password, when etcd has auth enabled.
     pub user: Option<(String, String)>,
-    /// Connect over TLS. Not available in this build: see [`EtcdStore::connect`].
-    pub tls: bool,
+    /// Connect over TLS (`https://` endpoints) with these files; `None` = plain HTTP.
+    pub tls: Option<EtcdTls>,
 }
 
 impl std::fmt::Debug for EtcdOptions {
@@ -94,7 +98,7 @@ impl Default for EtcdOptions {
             call_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             user: None,
-            tls: false,
+            tls: None,
         }
     }
 }
@@ -124,27 +128,25 @@ impl std::fmt::Debug for EtcdStore {
 
 impl EtcdStore {
     /// Connects to `options.endpoints` and reads the revision once, so a
-    /// wrong address or wrong credentials fail here rather than on first use.
+    /// wrong address, a certificate etcd refuses or wrong credentials fail
+    /// here rather than on first use.
     ///
-    /// `tls: true` (or an `https://` endpoint) is refused: TLS needs
-    /// etcd-client's `tls` feature, which this build does not enable.
+    /// With [`EtcdOptions::tls`], the files are read now (a missing or
+    /// unparsable one is [`StoreError::Internal`], naming it) and both
+    /// connections, calls and watches, use TLS.
     pub async fn connect(options: EtcdOptions) -> Result<Self, StoreError> {
         if options.endpoints.is_empty() {
             return Err(StoreError::Internal("no etcd endpoints given".into()));
         }
-        if options.tls || options.endpoints.iter().any(|e| e.starts_with("https://")) {
-            return Err(StoreError::Internal(
-                "TLS requires etcd-client's `tls` feature (rustls through tonic), which this build \
-                 does not enable; reach etcd over plain HTTP on a trusted network or through a \
-                 TLS-terminating proxy"
-                    .into(),
-            ));
-        }
+        let urls = tls::endpoint_urls(&options.endpoints, options.tls.is_some())?;
         let mut connect = ConnectOptions::new()
             .with_connect_timeout(options.connect_timeout)
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
             // etcd's keepalive policy forbids pings without open streams.
             .with_keep_alive_while_idle(false);
+        if let (Some(files), Some(url)) = (&options.tls, urls.first()) {
+            connect = connect.with_tls(tls::client_config(files, url)?);
+        }
         if let Some((name, password)) = &options.user {
             // Simple tokens expire (5 min by default): refresh, don't fail.
             connect = connect
@@ -156,7 +158,7 @@ impl EtcdStore {
         let deadline = Instant::now() + options.call_timeout;
         let client = || {
             retry_until(deadline, Call::read("connect"), |_| {
-                Client::connect(&options.endpoints, Some(connect.clone()))
+                Client::connect(&urls, Some(connect.clone()))
             })
         };
         let (unary, streams) = (client().await?, client().await?);

@@ -3,7 +3,7 @@ use tonic::Code;
 use super::{
     call::{BACKOFF_BASE, BACKOFF_MAX, Call, backoff, map_error, never_sent},
     convert::key_range,
-    *,
+    tls, *,
 };
 
 #[test]
@@ -80,4 +80,43 @@ fn etcd_errors_map_to_store_errors() {
     assert!(matches!(leader, StoreError::Unavailable(_)));
     let ttl_zero = EtcdError::LeaseKeepAliveError("lease not found".into());
     assert_eq!(map_error(&ttl_zero, call), StoreError::LeaseNotFound(7));
+}
+
+#[test]
+fn endpoints_get_the_scheme_tls_asks_for() {
+    let endpoints = |list: &[&str]| list.iter().map(|e| e.to_string()).collect::<Vec<_>>();
+    let plain = tls::endpoint_urls(&endpoints(&["a:1", "http://b:2"]), false).unwrap();
+    assert_eq!(plain, ["http://a:1", "http://b:2"]);
+    let secure = tls::endpoint_urls(&endpoints(&["a:1", "https://b:2"]), true).unwrap();
+    assert_eq!(secure, ["https://a:1", "https://b:2"]);
+    let refused = [(["https://a:1"], false), (["http://a:1"], true)];
+    for (list, tls) in refused {
+        let result = tls::endpoint_urls(&endpoints(&list), tls);
+        assert!(matches!(result, Err(StoreError::Internal(_))), "{result:?}");
+    }
+}
+
+#[test]
+fn tls_files_are_read_and_checked_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("empty.pem"), "").unwrap();
+    std::fs::write(path("garbage.pem"), "-----BEGIN CERTIFICATE-----\n%%%\n").unwrap();
+    let files = |ca: &str, cert: Option<&str>| EtcdTls {
+        ca_file: path(ca),
+        client_cert_file: cert.map(path),
+        client_key_file: None,
+    };
+    let cases = [
+        (files("missing.pem", None), "cannot read CA file"),
+        (files("empty.pem", None), "no PEM certificate"),
+        (files("garbage.pem", None), "garbage.pem"),
+        (files("empty.pem", Some("cert.pem")), "key go together"),
+    ];
+    for (tls, expected) in cases {
+        let Err(StoreError::Internal(message)) = tls::client_config(&tls, "https://a:1") else {
+            panic!("{tls:?} was accepted");
+        };
+        assert!(message.contains(expected), "{message}");
+    }
 }

@@ -1,0 +1,5 @@
+//! Config distribution to the fleet: the replica's watch cache, node
+//! streams, fleet membership and leader election. See ARCHITECTURE.md,
+//! "Config distribution".
+
+pub mod cache;
