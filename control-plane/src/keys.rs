@@ -9,6 +9,8 @@ pub const ROOT: &str = "/aios/v1/";
 pub const RESOURCES: &str = "/aios/v1/resources/";
 /// Marker: the first platform admin key has been created.
 pub const BOOTSTRAP: &str = "/aios/v1/bootstrap";
+/// Held by the elected leader replica, under its lease.
+pub const LEADER: &str = "/aios/v1/leader";
 /// Tenant segment used for Tenant objects themselves (not a valid name, so no clash).
 pub const NO_TENANT: &str = "-";
 

@@ -119,8 +119,12 @@ impl ControlPlane {
     }
 
     /// Serves until SIGINT/SIGTERM, then drains for up to `grace`.
-    pub async fn run_until_signal(self, grace: Duration) -> Drain {
-        aios_runtime::server::run_until_signal(grace, |grace| self.shutdown(grace)).await
+    pub async fn run_until_signal(
+        self,
+        signals: aios_runtime::server::Signals,
+        grace: Duration,
+    ) -> Drain {
+        aios_runtime::server::run_until_signal(signals, grace, |grace| self.shutdown(grace)).await
     }
 }
 

@@ -7,6 +7,8 @@ use aios_runtime::{cli, logging};
 
 #[tokio::main]
 async fn main() {
+    // Before anything else: a SIGTERM during start-up must drain, not kill.
+    let signals = aios_runtime::server::Signals::install();
     let cli: Cli = cli::parse_or_exit();
     let config = Config::from_cli(cli).unwrap_or_else(|e| cli::exit_config(&e.one_line()));
     if let Err(e) = logging::init(config.process.log_format, &config.process.log) {
@@ -19,7 +21,9 @@ async fn main() {
     if let Some(secret) = plane.bootstrap_secret() {
         show_bootstrap_secret(secret);
     }
-    plane.run_until_signal(config.process.shutdown_grace).await;
+    plane
+        .run_until_signal(signals, config.process.shutdown_grace)
+        .await;
 }
 
 /// The generated platform admin key is shown once, on the first start of a

@@ -5,6 +5,8 @@ use aios_runtime::{cli, logging};
 
 #[tokio::main]
 async fn main() {
+    // Before anything else: a SIGTERM during start-up must drain, not kill.
+    let signals = aios_runtime::server::Signals::install();
     let cli: Cli = cli::parse_or_exit();
     let config = Config::from_cli(cli).unwrap_or_else(|e| cli::exit_config(&e.one_line()));
     if let Err(e) = logging::init(config.process.log_format, &config.process.log) {
@@ -14,5 +16,7 @@ async fn main() {
         Ok(plane) => plane,
         Err(e) => cli::exit_with(e.exit_code(), &e.to_string()),
     };
-    plane.run_until_signal(config.process.shutdown_grace).await;
+    plane
+        .run_until_signal(signals, config.process.shutdown_grace)
+        .await;
 }

@@ -203,11 +203,15 @@ fn spawn_http(
 
 /// Waits for SIGINT or SIGTERM, then runs `shutdown(grace)`: the plane's
 /// own drain, which may stop more than the servers.
-pub async fn run_until_signal<F>(grace: Duration, shutdown: impl FnOnce(Duration) -> F) -> Drain
+pub async fn run_until_signal<F>(
+    mut signals: Signals,
+    grace: Duration,
+    shutdown: impl FnOnce(Duration) -> F,
+) -> Drain
 where
     F: std::future::Future<Output = Drain>,
 {
-    let signal = wait_for_signal().await;
+    let signal = signals.recv().await;
     tracing::info!(signal, grace_ms = grace.as_millis() as u64, "shutting down");
     let drain = shutdown(grace).await;
     tracing::info!(?drain, "stopped");
@@ -278,27 +282,48 @@ fn with_reflection(routes: Routes, services: &[&str]) -> Result<Routes, ServeErr
         .add_service(builder().build_v1alpha()?))
 }
 
-/// Waits for SIGINT or SIGTERM and returns its name.
-pub async fn wait_for_signal() -> &'static str {
+/// SIGINT and SIGTERM handlers. Install them first thing in `main`: until
+/// a handler exists, SIGTERM's default action kills the process outright, so
+/// a signal that arrives while a plane is still starting would skip the
+/// drain. Installed early, it is held and ends the plane as soon as it serves.
+#[derive(Debug)]
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::warn!("cannot install signal handlers; falling back to Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
-        };
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+    handlers: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    /// Installs the handlers (must run inside the Tokio runtime).
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let handlers = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => {
+                    tracing::warn!("cannot install signal handlers; falling back to Ctrl-C only");
+                    None
+                }
+            };
+            Self { handlers }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Waits for SIGINT or SIGTERM and returns its name.
+    pub async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        if let Some((term, int)) = self.handlers.as_mut() {
+            return tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+        }
         let _ = tokio::signal::ctrl_c().await;
-        "Ctrl-C"
+        "SIGINT"
     }
 }

@@ -245,3 +245,39 @@ fn a_closed_stderr_does_not_crash_the_plane() {
     };
     assert_eq!(status.code(), Some(0), "a failed log write must not panic");
 }
+
+#[test]
+fn a_signal_during_start_up_drains_instead_of_killing() {
+    // SIGTERM while the plane is still opening its store and bootstrapping:
+    // the handlers are installed before logging starts, so the signal is
+    // held and the plane drains as soon as it serves.
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("embedded:{}", dir.path().join("cp.db").display());
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--store",
+        &store,
+        "--log-format",
+        "json",
+    ];
+    let mut process = Process::spawn(&bin("aios-control-plane").unwrap(), &args).unwrap();
+    process
+        .wait_for_log("control plane starting", EXIT)
+        .unwrap();
+    process.signal("TERM").unwrap();
+    let status = process.wait(EXIT).unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "killed instead of drained: {:#?}",
+        process.stderr
+    );
+    assert!(
+        process.stderr.join("\n").contains("shutting down"),
+        "{:#?}",
+        process.stderr
+    );
+}

@@ -3,3 +3,4 @@
 //! "Config distribution".
 
 pub mod cache;
+pub mod leader;

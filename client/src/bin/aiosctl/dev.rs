@@ -32,6 +32,8 @@ struct PlaneEndpoints {
 
 /// Starts both planes, prints how to reach them, serves until a signal.
 pub async fn run(globals: &Globals, state_dir: &Path, log: &str) -> Result<i32, String> {
+    // Before starting anything: Ctrl-C during start-up must stop cleanly.
+    let mut signals = aios_runtime::server::Signals::install();
     logging::init(logging::LogFormat::Text, log).map_err(|e| e.one_line())?;
     let node_dir = state_dir.join("data-plane");
     std::fs::create_dir_all(&node_dir)
@@ -72,7 +74,7 @@ pub async fn run(globals: &Globals, state_dir: &Path, log: &str) -> Result<i32, 
         output::Format::Yaml => output::emit(globals.output, &endpoints, &[], &[])?,
     }
 
-    aios_runtime::server::wait_for_signal().await;
+    signals.recv().await;
     let (dp, cp) = tokio::join!(data_plane.shutdown(GRACE), control_plane.shutdown(GRACE));
     tracing::info!(data_plane = ?dp, control_plane = ?cp, "dev environment stopped");
     Ok(0)
