@@ -208,16 +208,7 @@ impl SpawnedPlane {
         extra: &[&str],
         dir: tempfile::TempDir,
     ) -> Result<Self> {
-        let mut args = vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--store",
-            store,
-            "--log-format",
-            "json",
-        ];
+        let mut args = control_plane_args(store);
         args.extend_from_slice(extra);
         Self::start("aios-control-plane", &args, env, dir)
     }
@@ -271,6 +262,21 @@ impl SpawnedPlane {
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc)
     }
+}
+
+/// The flags a test control plane runs with on `store`: both listeners on
+/// free loopback ports (read back from the JSON `serving` line).
+pub fn control_plane_args(store: &str) -> Vec<&str> {
+    vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--store",
+        store,
+        "--log-format",
+        "json",
+    ]
 }
 
 // === HTTP ===

@@ -205,20 +205,13 @@ async fn a_wrong_etcd_password_stops_the_binary_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("etcd-password");
     std::fs::write(&password_file, "wrong-password\n").unwrap();
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--store",
-        &store,
-        "--log-format",
-        "json",
+    let mut args = aios_tests::control_plane_args(&store);
+    args.extend_from_slice(&[
         "--etcd-user",
         "root",
         "--etcd-password-file",
         path(&password_file),
-    ];
+    ]);
     let env = [("AIOS_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)];
     let mut process =
         Process::spawn_with_env(&bin("aios-control-plane").unwrap(), &args, &env).unwrap();

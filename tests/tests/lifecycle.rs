@@ -253,16 +253,7 @@ fn a_signal_during_start_up_drains_instead_of_killing() {
     // held and the plane drains as soon as it serves.
     let dir = tempfile::tempdir().unwrap();
     let store = format!("embedded:{}", dir.path().join("cp.db").display());
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--store",
-        &store,
-        "--log-format",
-        "json",
-    ];
+    let args = aios_tests::control_plane_args(&store);
     let mut process = Process::spawn(&bin("aios-control-plane").unwrap(), &args).unwrap();
     process
         .wait_for_log("control plane starting", EXIT)
