@@ -44,6 +44,8 @@ struct Plan {
     key: String,
     incoming: pb::Resource,
     expected_version: i64,
+    /// Same-tenant objects this one names, from its validation.
+    references: Vec<aios_model::Reference>,
 }
 
 impl Admin {
@@ -141,6 +143,7 @@ impl Admin {
                         key,
                         incoming: resource,
                         expected_version,
+                        references: valid.references,
                     });
                 }
                 Err(invalid) => violations.extend(
@@ -163,10 +166,7 @@ impl Admin {
         let in_request: HashSet<&str> = plans.iter().map(|p| p.key.as_str()).collect();
         let mut missing = Vec::new();
         for plan in plans {
-            let Ok(valid) = aios_model::validate(&plan.incoming) else {
-                continue;
-            };
-            for reference in &valid.references {
+            for reference in &plan.references {
                 let key = keys::resource(reference.kind, &plan.tenant, &reference.name);
                 if in_request.contains(key.as_str()) || self.store.get(&key).await?.is_some() {
                     continue;
