@@ -40,6 +40,8 @@ pub enum Role {
     Viewer,
     /// Data-plane calls only.
     Caller,
+    /// A data-plane node: the config stream and telemetry only.
+    Node,
 }
 
 impl Role {
@@ -51,6 +53,7 @@ impl Role {
             pb::Role::Approver => Some(Self::Approver),
             pb::Role::Viewer => Some(Self::Viewer),
             pb::Role::Caller => Some(Self::Caller),
+            pb::Role::Node => Some(Self::Node),
             pb::Role::Unspecified => None,
         }
     }
@@ -63,6 +66,7 @@ impl Role {
             Self::Approver => "approver",
             Self::Viewer => "viewer",
             Self::Caller => "caller",
+            Self::Node => "node",
         }
     }
 }
@@ -118,10 +122,22 @@ impl Principal {
         }
     }
 
+    /// Checks the caller may act as a data-plane node (stream the fleet's
+    /// config): a platform NODE key, or a platform admin.
+    pub fn authorize_node(&self) -> Result<(), AuthError> {
+        if self.tenant == SYSTEM_TENANT && matches!(self.role, Role::Node | Role::Admin) {
+            return Ok(());
+        }
+        Err(AuthError::Forbidden {
+            role: self.role,
+            action: "stream node config (needs a NODE key of the `system` tenant)".into(),
+        })
+    }
+
     /// Checks the role allows `access`.
     pub fn authorize(&self, access: Access) -> Result<(), AuthError> {
         let allowed = match (self.role, access) {
-            (Role::Caller, _) => false,
+            (Role::Caller | Role::Node, _) => false,
             (_, Access::Read) => true,
             (Role::Admin, Access::Write(_)) => true,
             (Role::Operator, Access::Write(kind)) => !matches!(kind, Kind::ApiKey | Kind::Tenant),
@@ -400,6 +416,16 @@ mod tests {
     }
 
     #[test]
+    fn only_platform_node_and_admin_keys_stream_config() {
+        let may = |tenant, role| principal(tenant, role).authorize_node().is_ok();
+        assert!(may(SYSTEM_TENANT, Role::Node));
+        assert!(may(SYSTEM_TENANT, Role::Admin));
+        assert!(!may(SYSTEM_TENANT, Role::Operator));
+        assert!(!may("acme", Role::Admin));
+        assert!(!may("acme", Role::Node));
+    }
+
+    #[test]
     fn roles_gate_writes() {
         let check = |role, access| principal("acme", role).authorize(access).is_ok();
         assert!(check(Role::Viewer, Access::Read));
@@ -413,6 +439,7 @@ mod tests {
             "tenant admins cannot create tenants"
         );
         assert!(!check(Role::Caller, Access::Read));
+        assert!(!check(Role::Node, Access::Read));
         assert!(
             principal(SYSTEM_TENANT, Role::Admin)
                 .authorize(Access::Write(Kind::Tenant))

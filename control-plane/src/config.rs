@@ -5,7 +5,7 @@
 use std::{fmt, path::PathBuf, str::FromStr, time::Duration};
 
 use aios_runtime::{
-    ConfigError, ListenAddr,
+    ConfigError, ListenAddr, Secret,
     cli::{CommonArgs, CommonFile, ProcessConfig},
     logging::LogFormat,
 };
@@ -180,40 +180,6 @@ fn bootstrap_key(file: Option<PathBuf>) -> Result<Option<Secret>, ConfigError> {
     Secret::new(key)
         .map(Some)
         .map_err(|reason| ConfigError::invalid("bootstrap admin key", "(hidden)", reason))
-}
-
-/// A secret string whose `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Accepts keys of 32-256 printable ASCII characters.
-    pub fn new(value: String) -> Result<Self, String> {
-        if !(32..=256).contains(&value.len()) || !value.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("must be 32-256 printable ASCII characters without spaces".into());
-        }
-        Ok(Self(value))
-    }
-
-    /// Accepts any non-empty secret without line breaks (etcd passwords
-    /// have no shape rule of their own).
-    pub fn password(value: String) -> Result<Self, String> {
-        if value.is_empty() || value.contains(['\n', '\r']) {
-            return Err("must be non-empty and one line".into());
-        }
-        Ok(Self(value))
-    }
-
-    /// The secret itself.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
 }
 
 fn pick<T: FromStr>(

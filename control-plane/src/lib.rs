@@ -23,7 +23,8 @@ use aios_runtime::{
 };
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Cli, Config, Secret, StoreUrl};
+pub use aios_runtime::Secret;
+pub use config::{Cli, Config, StoreUrl};
 
 use crate::store::SharedStore;
 

@@ -95,6 +95,8 @@ proto_enum! {
         Viewer,
         /// Calls the data plane only.
         Caller,
+        /// A data-plane node (config stream, telemetry); platform tenant only.
+        Node,
     }
 }
 
@@ -188,7 +190,7 @@ mod tests {
             assert_eq!(Role::from_proto(r.to_proto() as i32), Some(*r));
         }
         assert_eq!(Role::from_proto(0), None);
-        assert_eq!(Role::from_proto(6), None);
+        assert_eq!(Role::from_proto(7), None);
         assert_eq!(Complexity::ALL.len(), 3);
         assert_eq!(ModelCapability::ALL.len(), 4);
     }

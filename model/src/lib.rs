@@ -122,6 +122,15 @@ pub fn validate(resource: &pb::Resource) -> Result<Validated, Invalid> {
         }
         Some(s) => spec::convert(&mut ctx, s, meta.as_ref().map_or("", |m| m.name.as_str())),
     };
+    if let (Some(meta), Some(Spec::ApiKey(key))) = (&meta, &spec)
+        && key.role == Role::Node
+        && meta.tenant != SYSTEM_TENANT
+    {
+        ctx.violation(
+            "api_key.role",
+            format!("NODE keys serve every tenant and belong to the `{SYSTEM_TENANT}` tenant"),
+        );
+    }
     match (kind, meta, spec) {
         (Some(kind), Some(meta), Some(spec)) if ctx.violations.is_empty() => Ok(Validated {
             kind,

@@ -110,3 +110,16 @@ fn system_tenant_constant() {
     assert_eq!(SYSTEM_TENANT, "system");
     assert_eq!(validate_name(SYSTEM_TENANT), Ok(()));
 }
+
+#[test]
+fn node_keys_belong_to_the_system_tenant() {
+    let mut spec = api_key_spec();
+    spec.role = pb::Role::Node as i32;
+    let mut r = resource(spec);
+    assert_eq!(fields(&r), ["api_key.role"]);
+    if let Some(meta) = r.metadata.as_mut() {
+        meta.tenant = SYSTEM_TENANT.into();
+    }
+    let key = validate(&r).expect("a system NODE key is valid");
+    assert!(matches!(key.spec, Spec::ApiKey(k) if k.role == Role::Node));
+}

@@ -184,6 +184,40 @@ pub fn deserialize_duration<'de, D: Deserializer<'de>>(
         .transpose()
 }
 
+/// A secret string whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Accepts keys of 32-256 printable ASCII characters.
+    pub fn new(value: String) -> Result<Self, String> {
+        if !(32..=256).contains(&value.len()) || !value.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("must be 32-256 printable ASCII characters without spaces".into());
+        }
+        Ok(Self(value))
+    }
+
+    /// Accepts any non-empty secret without line breaks (etcd passwords
+    /// have no shape rule of their own).
+    pub fn password(value: String) -> Result<Self, String> {
+        if value.is_empty() || value.contains(['\n', '\r']) {
+            return Err("must be non-empty and one line".into());
+        }
+        Ok(Self(value))
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

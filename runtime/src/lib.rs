@@ -17,6 +17,6 @@ pub mod logging;
 pub mod metrics;
 pub mod server;
 
-pub use config::{ConfigError, ListenAddr};
+pub use config::{ConfigError, ListenAddr, Secret};
 pub use health::Readiness;
 pub use server::{Drain, Running, ServerSpec, StartError};

@@ -60,11 +60,14 @@ pub struct Session {
     parked: BTreeMap<String, Parked>,
     outstanding: Option<Outstanding>,
     pushes: u64,
+    /// Store revision the node is known to be in sync with.
+    synced: Revision,
 }
 
 #[derive(Clone, Debug)]
 struct Outstanding {
     nonce: String,
+    revision: Revision,
     updates: BTreeMap<String, Revision>,
     removals: BTreeSet<String>,
 }
@@ -86,11 +89,13 @@ impl Session {
             parked: BTreeMap::new(),
             outstanding: None,
             pushes: 0,
+            synced: 0,
         }
     }
 
     /// The push that brings the node to `snapshot`, if anything differs and
-    /// no push is outstanding.
+    /// no push is outstanding. The first push is always sent, even empty: it
+    /// tells the node it is in sync.
     pub fn next_push(&mut self, snapshot: &Snapshot) -> Option<pb::ConfigPush> {
         if self.outstanding.is_some() {
             return None;
@@ -121,7 +126,8 @@ impl Session {
             .collect();
         // A parked object that left the view is forgotten with it.
         self.parked.retain(|key, _| view.contains_key(key));
-        if updates.is_empty() && removals.is_empty() {
+        if updates.is_empty() && removals.is_empty() && self.pushes > 0 {
+            self.synced = self.synced.max(snapshot.revision);
             return None;
         }
         self.pushes += 1;
@@ -135,6 +141,7 @@ impl Session {
         };
         self.outstanding = Some(Outstanding {
             nonce,
+            revision: snapshot.revision,
             updates: pushed,
             removals,
         });
@@ -181,12 +188,24 @@ impl Session {
             self.held.remove(&key);
             self.parked.remove(&key);
         }
+        self.synced = self.synced.max(outstanding.revision);
         AckOutcome::Applied { nacks }
     }
 
     /// Nonce of the push awaiting an ACK.
     pub fn outstanding_nonce(&self) -> Option<&str> {
         self.outstanding.as_ref().map(|o| o.nonce.as_str())
+    }
+
+    /// Store revision the node is in sync with: every change up to it that
+    /// applies to the node has been ACKed or NACKed. 0 before the first ACK.
+    pub fn synced_revision(&self) -> Revision {
+        self.synced
+    }
+
+    /// The node's scope.
+    pub fn scope(&self) -> &NodeScope {
+        &self.scope
     }
 
     /// What the node holds, by store key.

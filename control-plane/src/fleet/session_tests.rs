@@ -118,10 +118,34 @@ fn the_first_push_is_the_nodes_scoped_view_and_waits_for_its_ack() {
         AckOutcome::Applied { nacks: 0 }
     );
     assert_eq!(session.held().values().copied().collect::<Vec<_>>(), [3, 5]);
+    assert_eq!(session.synced_revision(), 9);
     assert!(
         session.next_push(&snap).is_none(),
         "nothing differs any more"
     );
+    let later = snapshot(12, snap.objects.clone().into_iter().collect());
+    assert!(session.next_push(&later).is_none());
+    assert_eq!(
+        session.synced_revision(),
+        12,
+        "a node with nothing to change is in sync with the newest revision"
+    );
+}
+
+#[test]
+fn the_first_push_is_sent_even_when_nothing_differs() {
+    let held = pb::HeldResource {
+        resource: Some(model_ref("kept")),
+        version: 3,
+    };
+    let mut session = Session::new(scope("us-east-1", &[]), &[held]);
+    let snap = snapshot(10, vec![object("kept", 3, &[], "")]);
+    let push = session.next_push(&snap).unwrap();
+    assert!(push.initial && push.updates.is_empty() && push.removals.is_empty());
+    assert_eq!(session.synced_revision(), 0, "not before the ACK");
+    session.on_ack(&accept_all(&push));
+    assert_eq!(session.synced_revision(), 10);
+    assert!(session.next_push(&snap).is_none());
 }
 
 #[test]
