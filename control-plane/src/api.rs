@@ -5,13 +5,13 @@
 //! The contract is complete from the start so that clients in any language
 //! can be generated and discover every service by reflection. RPCs whose
 //! subsystem has not landed yet answer UNIMPLEMENTED (generated default):
-//! FleetService with config streaming,
 //! TelemetryService with telemetry, BudgetService and ApprovalService with
 //! budgets and approvals.
 
 use std::time::SystemTime;
 
 use aios_model::Kind;
+use aios_model::labels::LabelSelector;
 use aios_proto::v1::{
     self as pb,
     admin_service_server::{AdminService, AdminServiceServer},
@@ -21,11 +21,14 @@ use aios_proto::v1::{
     telemetry_service_server::{TelemetryService, TelemetryServiceServer},
 };
 use futures::StreamExt;
-use tonic::{Request, Response, Status, codegen::BoxStream, service::Routes};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming, codegen::BoxStream, service::Routes};
 
 use crate::{
     admin::{Admin, AdminError, Applied, AuditFilter, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE},
-    auth::{self, Principal},
+    auth::{self, Access, Principal},
+    fleet::Fleet,
+    store::SharedStore,
 };
 
 /// Resource administration (Apply, Get, List, Delete, Watch, audit).
@@ -240,11 +243,99 @@ fn page_size(value: i32) -> Result<usize, Status> {
 }
 
 /// Config streaming to data-plane nodes and fleet membership.
-#[derive(Debug, Default)]
-pub struct FleetApi;
+#[derive(Debug, Clone)]
+pub struct FleetApi {
+    store: SharedStore,
+    fleet: Fleet,
+}
+
+impl FleetApi {
+    /// Serves `fleet`, authenticating callers against `store`.
+    pub fn new(store: SharedStore, fleet: Fleet) -> Self {
+        Self { store, fleet }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        auth::authenticate(self.store.as_ref(), request.metadata())
+            .await
+            .map_err(|e| AdminError::from(e).into())
+    }
+
+    /// Fleet reads are platform-wide: a `system` key with a reading role.
+    async fn fleet_reader<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let who = self.caller(request).await?;
+        who.authorize(Access::Read).map_err(AdminError::from)?;
+        if who.tenant != aios_model::SYSTEM_TENANT {
+            return Err(AdminError::from(auth::AuthError::Forbidden {
+                role: who.role,
+                action: "read the fleet (platform keys only)".into(),
+            })
+            .into());
+        }
+        Ok(())
+    }
+}
 
 #[tonic::async_trait]
-impl FleetService for FleetApi {}
+impl FleetService for FleetApi {
+    async fn stream_config(
+        &self,
+        request: Request<Streaming<pb::NodeMessage>>,
+    ) -> Result<Response<BoxStream<pb::ConfigMessage>>, Status> {
+        let who = self.caller(&request).await?;
+        who.authorize_node().map_err(AdminError::from)?;
+        let pushes = self.fleet.open_stream(request.into_inner()).await?;
+        Ok(Response::new(ReceiverStream::new(pushes).boxed()))
+    }
+
+    async fn list_nodes(
+        &self,
+        request: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.fleet_reader(&request).await?;
+        let request = request.into_inner();
+        let selector = LabelSelector::parse(&request.label_selector)
+            .map_err(|e| invalid("label_selector", &e))?;
+        let (nodes, more) = self
+            .fleet
+            .registry()
+            .list(
+                self.fleet.cache(),
+                &request.region,
+                &selector,
+                &request.page_token,
+                page_size(request.page_size)?,
+            )
+            .await
+            .map_err(AdminError::from)?;
+        let next_page_token = match nodes.last() {
+            Some(last) if more => last.node_id.clone(),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes,
+            next_page_token,
+        }))
+    }
+
+    async fn get_node(
+        &self,
+        request: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::Node>, Status> {
+        self.fleet_reader(&request).await?;
+        let node_id = request.into_inner().node_id;
+        if node_id.is_empty() {
+            return Err(invalid("node_id", "required"));
+        }
+        self.fleet
+            .registry()
+            .get(self.fleet.cache(), &node_id)
+            .await
+            .map_err(AdminError::from)?
+            .map(Response::new)
+            .ok_or_else(|| AdminError::NodeNotFound(node_id).into())
+    }
+}
 
 /// Span ingest from nodes, rollups and live subscriptions.
 #[derive(Debug, Default)]
@@ -269,9 +360,10 @@ impl BudgetService for BudgetApi {}
 
 /// Every control-plane service, ready to serve. The order matches
 /// [`aios_proto::CONTROL_PLANE_SERVICES`].
-pub fn routes(admin: Admin) -> Routes {
+pub fn routes(admin: Admin, fleet: Fleet) -> Routes {
+    let store = admin.store().clone();
     Routes::new(AdminServiceServer::new(AdminApi::new(admin)))
-        .add_service(FleetServiceServer::new(FleetApi))
+        .add_service(FleetServiceServer::new(FleetApi::new(store, fleet)))
         .add_service(TelemetryServiceServer::new(TelemetryApi))
         .add_service(ApprovalServiceServer::new(ApprovalApi))
         .add_service(BudgetServiceServer::new(BudgetApi))

@@ -42,6 +42,9 @@ pub struct Cli {
     /// AIOS_BOOTSTRAP_ADMIN_KEY; else one is generated and printed once).
     #[arg(long, env = "AIOS_BOOTSTRAP_ADMIN_KEY_FILE", value_name = "PATH")]
     pub bootstrap_admin_key_file: Option<PathBuf>,
+    /// This replica's id in the fleet view and leader election (default: host name and process id).
+    #[arg(long, env = "AIOS_REPLICA_ID", value_name = "ID")]
+    pub replica_id: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
     // Last: its help heading would also cover the flags after it.
@@ -79,6 +82,7 @@ struct FileConfig {
     admin_listen: Option<ListenAddr>,
     store: Option<StoreUrl>,
     bootstrap_admin_key_file: Option<PathBuf>,
+    replica_id: Option<String>,
     etcd_ca_file: Option<PathBuf>,
     etcd_cert_file: Option<PathBuf>,
     etcd_key_file: Option<PathBuf>,
@@ -106,6 +110,8 @@ pub struct Config {
     pub etcd: EtcdSettings,
     /// Platform admin key to create on first start; `None` = generate one.
     pub bootstrap_admin_key: Option<Secret>,
+    /// This replica's id (fleet view, leader election).
+    pub replica_id: String,
     /// Logging and shutdown.
     pub process: ProcessConfig,
 }
@@ -144,6 +150,7 @@ impl Config {
                 cli.bootstrap_admin_key_file
                     .or(file.bootstrap_admin_key_file),
             )?,
+            replica_id: replica_id(cli.replica_id.or(file.replica_id))?,
             process: ProcessConfig::resolve(&cli.common, &common)?,
         })
     }
@@ -158,9 +165,36 @@ impl Config {
             store: StoreUrl::Embedded(state_dir.join("control-plane.db")),
             etcd: EtcdSettings::default(),
             bootstrap_admin_key: None,
+            replica_id: default_replica_id(),
             process: ProcessConfig::default(),
         }
     }
+}
+
+/// A replica id: 1-253 printable characters without spaces.
+fn replica_id(value: Option<String>) -> Result<String, ConfigError> {
+    let Some(id) = value else {
+        return Ok(default_replica_id());
+    };
+    if id.is_empty() || id.len() > 253 || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::invalid(
+            "--replica-id",
+            &id,
+            "must be 1-253 printable ASCII characters without spaces",
+        ));
+    }
+    Ok(id)
+}
+
+/// `{host name}-{pid}`: unique among replicas running at the same time.
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "replica".to_string());
+    format!("{host}-{}", std::process::id())
 }
 
 /// The bootstrap key from a file, else from `AIOS_BOOTSTRAP_ADMIN_KEY`

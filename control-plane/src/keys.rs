@@ -11,6 +11,8 @@ pub const RESOURCES: &str = "/aios/v1/resources/";
 pub const BOOTSTRAP: &str = "/aios/v1/bootstrap";
 /// Held by the elected leader replica, under its lease.
 pub const LEADER: &str = "/aios/v1/leader";
+/// Prefix of fleet membership records, one per node: `/aios/v1/nodes/{node_id}`.
+pub const NODES: &str = "/aios/v1/nodes/";
 /// Tenant segment used for Tenant objects themselves (not a valid name, so no clash).
 pub const NO_TENANT: &str = "-";
 
@@ -47,6 +49,11 @@ pub fn parse_resource(key: &str) -> Option<(Kind, String, String)> {
         tenant.to_string()
     };
     Some((kind, tenant, name.to_string()))
+}
+
+/// `/aios/v1/nodes/{node_id}`: a node's membership record.
+pub fn node(node_id: &str) -> String {
+    format!("{NODES}{node_id}")
 }
 
 /// `/aios/v1/auth/key-hash/{hash}`: which ApiKey has this secret hash.

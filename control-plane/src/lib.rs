@@ -41,6 +41,9 @@ pub const PLANE: &str = "control-plane";
 pub struct ControlPlane {
     server: Running,
     store: SharedStore,
+    fleet: fleet::Fleet,
+    fleet_shutdown: CancellationToken,
+    fleet_tasks: Vec<tokio::task::JoinHandle<()>>,
     bootstrap_secret: Option<String>,
     health: tokio::task::JoinHandle<()>,
 }
@@ -59,6 +62,14 @@ impl ControlPlane {
         let bootstrap_secret = auth::bootstrap(store.as_ref(), bootstrap_key)
             .await
             .map_err(|e| store_error(&config.store, e))?;
+        let fleet_shutdown = CancellationToken::new();
+        let (fleet, fleet_tasks) = fleet::Fleet::start(
+            store.clone(),
+            fleet::FleetSettings::new(&config.replica_id),
+            fleet_shutdown.clone(),
+        )
+        .await
+        .map_err(|e| store_error(&config.store, e))?;
         // Checked before serving starts, so the "serving" log line and the
         // first health answer already reflect the store.
         let store_ok = store_answers(&store).await;
@@ -66,7 +77,7 @@ impl ControlPlane {
             plane: PLANE,
             grpc,
             admin,
-            routes: api::routes(admin::Admin::new(store.clone())),
+            routes: api::routes(admin::Admin::new(store.clone()), fleet.clone()),
             services: aios_proto::CONTROL_PLANE_SERVICES,
             gates: vec![(GATE_STORE, store_ok)],
             http: None,
@@ -78,9 +89,13 @@ impl ControlPlane {
             server.readiness().clone(),
             server.shutdown_token(),
         );
+        tracing::info!(replica = %config.replica_id, "serving the fleet");
         Ok(Self {
             server,
             store,
+            fleet,
+            fleet_shutdown,
+            fleet_tasks,
             bootstrap_secret,
             health,
         })
@@ -94,6 +109,11 @@ impl ControlPlane {
     /// The store this plane serves from.
     pub fn store(&self) -> &SharedStore {
         &self.store
+    }
+
+    /// Config distribution and fleet membership in this replica.
+    pub fn fleet(&self) -> &fleet::Fleet {
+        &self.fleet
     }
 
     /// Bound gRPC address.
@@ -113,7 +133,13 @@ impl ControlPlane {
 
     /// Drains in-flight calls for up to `grace`, then stops.
     pub async fn shutdown(self, grace: Duration) -> Drain {
+        // Node streams never end on their own: close them first (nodes
+        // reconnect to another replica), then drain the other calls.
+        self.fleet_shutdown.cancel();
         let drain = self.server.shutdown(grace).await;
+        for task in self.fleet_tasks {
+            let _ = task.await;
+        }
         // The health loop stops on the shutdown signal the drain sent.
         let _ = self.health.await;
         drain

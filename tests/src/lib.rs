@@ -8,6 +8,8 @@ pub mod etcd;
 
 pub mod admin;
 
+pub mod fleet;
+
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,

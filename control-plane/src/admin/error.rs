@@ -31,6 +31,9 @@ pub enum AdminError {
         /// Name.
         name: String,
     },
+    /// No such node in the fleet view.
+    #[error("node {0} is not known: it never connected, or was forgotten after disconnecting")]
+    NodeNotFound(String),
     /// The caller's `resource_version` is not the stored one.
     #[error("{kind} {name} has version {actual}, not {expected}: re-read it and apply again")]
     Stale {
@@ -119,6 +122,11 @@ impl From<AdminError> for Status {
                 Code::NotFound,
                 message,
                 ErrorDetails::with_resource_info(kind, name, tenant, "not found"),
+            ),
+            AdminError::NodeNotFound(node) => Status::with_error_details(
+                Code::NotFound,
+                message,
+                ErrorDetails::with_resource_info("Node", node, "", "not found"),
             ),
             AdminError::Stale { actual, .. } => with_reason(
                 Code::Aborted,

@@ -220,7 +220,7 @@ impl Session {
 }
 
 /// The ResourceRef of a store key.
-fn reference(key: &str) -> Option<pb::ResourceRef> {
+pub(crate) fn reference(key: &str) -> Option<pb::ResourceRef> {
     let (kind, tenant, name) = keys::parse_resource(key)?;
     Some(pb::ResourceRef {
         kind: kind.to_proto() as i32,

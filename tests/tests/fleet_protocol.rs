@@ -1,0 +1,326 @@
+//! `FleetService.StreamConfig` on the wire, against a control plane in this
+//! process: who may open a stream, hello validation, the initial push,
+//! deltas, NACK parking, scoping in both directions, removals across a
+//! reconnect, stale nonces, and what `GetNode`/`ListNodes` report.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::time::Duration;
+
+use aios_proto::v1::{
+    self as pb, admin_service_client::AdminServiceClient, fleet_service_client::FleetServiceClient,
+};
+use aios_tests::{
+    admin::{ADMIN_KEY, TestPlane, api_key, model, tenant},
+    fleet::{SimNode, changes, hello},
+};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+type Admin = AdminServiceClient<aios_client::AuthChannel>;
+type FleetClient = FleetServiceClient<aios_client::AuthChannel>;
+
+async fn clients(plane: &TestPlane) -> (Admin, FleetClient) {
+    let channel = aios_client::connect(&plane.url(), Some(ADMIN_KEY), WAIT)
+        .await
+        .unwrap();
+    (
+        AdminServiceClient::new(channel.clone()),
+        FleetServiceClient::new(channel),
+    )
+}
+
+async fn apply(admin: &mut Admin, resource: pb::Resource) -> pb::ApplyResponse {
+    admin
+        .apply(pb::ApplyRequest {
+            resource: Some(resource),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+fn version(applied: &pb::ApplyResponse) -> i64 {
+    applied
+        .resource
+        .as_ref()
+        .and_then(|r| r.metadata.as_ref())
+        .map_or(0, |m| m.resource_version)
+}
+
+fn scoped(mut resource: pb::Resource, regions: &[&str]) -> pb::Resource {
+    if let Some(meta) = resource.metadata.as_mut() {
+        meta.regions = regions.iter().map(|r| r.to_string()).collect();
+    }
+    resource
+}
+
+fn priced(mut resource: pb::Resource, price: f64) -> pb::Resource {
+    if let Some(pb::resource::Spec::Model(spec)) = resource.spec.as_mut() {
+        spec.input_price_usd_per_mtok = price;
+    }
+    resource
+}
+
+/// Polls GetNode until `check` holds.
+async fn node_until(
+    fleet: &mut FleetClient,
+    id: &str,
+    check: impl Fn(&pb::Node) -> bool,
+) -> pb::Node {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let node = fleet
+            .get_node(pb::GetNodeRequest { node_id: id.into() })
+            .await
+            .map(|r| r.into_inner());
+        match node {
+            Ok(node) if check(&node) => return node,
+            other if tokio::time::Instant::now() > deadline => {
+                panic!("node {id} never reached the expected state: {other:?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn only_node_credentials_open_a_stream_and_a_bad_hello_names_its_fields() {
+    let plane = TestPlane::embedded().await;
+    let (mut admin, _) = clients(&plane).await;
+    apply(&mut admin, tenant("acme")).await;
+    let secret = |r: pb::ApplyResponse| r.api_key_secret;
+    let tenant_admin = secret(apply(&mut admin, api_key("acme", "admin", pb::Role::Admin)).await);
+    let node_key = secret(apply(&mut admin, api_key("system", "nodes", pb::Role::Node)).await);
+    let operator = secret(apply(&mut admin, api_key("system", "ops", pb::Role::Operator)).await);
+
+    let refused = SimNode::connect(
+        &plane.url(),
+        "aios_not-a-real-key-000000000000000000000",
+        hello("n1", "us", &[]),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    for key in [&tenant_admin, &operator] {
+        let refused = SimNode::connect(&plane.url(), key, hello("n1", "us", &[]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    }
+
+    let bad = SimNode::connect(&plane.url(), &node_key, hello("-bad id", "", &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    let fields: Vec<String> = bad
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert_eq!(fields, ["hello.node_id", "hello.region"]);
+
+    // A NODE key of the system tenant works.
+    let mut node = SimNode::connect(&plane.url(), &node_key, hello("n1", "us", &[]))
+        .await
+        .unwrap();
+    let push = node.next_push(WAIT).await.unwrap();
+    assert!(push.initial);
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn pushes_acks_nacks_and_the_fleet_view() {
+    let plane = TestPlane::embedded().await;
+    let (mut admin, mut fleet) = clients(&plane).await;
+    apply(&mut admin, tenant("acme")).await;
+    let gpt = version(&apply(&mut admin, model("acme", "gpt")).await);
+
+    let mut node = SimNode::connect(
+        &plane.url(),
+        ADMIN_KEY,
+        hello("n1", "us", &[("tier", "gpu")]),
+    )
+    .await
+    .unwrap();
+    let initial = node.next_push(WAIT).await.unwrap();
+    assert!(initial.initial);
+    let (updates, removals) = changes(&initial);
+    assert!(updates.contains(&"acme/gpt".to_string()), "{updates:?}");
+    assert!(removals.is_empty());
+    node.answer(&initial, &[]).await.unwrap();
+
+    let seen = node_until(&mut fleet, "n1", |n| !n.applied.is_empty()).await;
+    assert!(seen.connected && !seen.connected_replica.is_empty());
+    assert_eq!(seen.region, "us");
+    assert_eq!(seen.labels["tier"], "gpu");
+    assert!(
+        seen.applied
+            .iter()
+            .any(|h| h.resource.as_ref().unwrap().name == "gpt" && h.version == gpt)
+    );
+
+    // A change is pushed as a delta; the node rejects it.
+    let rejected = version(&apply(&mut admin, priced(model("acme", "gpt"), 9.0)).await);
+    let push = node.next_push(WAIT).await.unwrap();
+    assert!(!push.initial);
+    assert_eq!(changes(&push), (vec!["acme/gpt".to_string()], vec![]));
+    node.answer(
+        &push,
+        &[(
+            "acme/gpt",
+            "model.api_key_env: OPENAI_API_KEY is not set on this node",
+        )],
+    )
+    .await
+    .unwrap();
+    let seen = node_until(&mut fleet, "n1", |n| !n.parked.is_empty()).await;
+    let parked = &seen.parked[0];
+    assert_eq!(parked.version, rejected);
+    assert!(parked.error.contains("OPENAI_API_KEY"), "{parked:?}");
+    assert!(
+        seen.applied.iter().any(|h| h.version == gpt),
+        "the old version stays what the node runs: {seen:?}"
+    );
+
+    // Parked: an unrelated change does not resend it.
+    apply(&mut admin, model("acme", "other")).await;
+    let push = node.next_push(WAIT).await.unwrap();
+    assert_eq!(changes(&push), (vec!["acme/other".to_string()], vec![]));
+    // A stale nonce is ignored: nothing more is pushed, the real ACK works.
+    node.send(pb::node_message::Msg::Ack(pb::ConfigAck {
+        nonce: "not-the-nonce".into(),
+        results: vec![],
+    }))
+    .await
+    .unwrap();
+    node.answer(&push, &[]).await.unwrap();
+
+    // A new version of the parked resource is pushed again and accepted.
+    let fixed = version(&apply(&mut admin, priced(model("acme", "gpt"), 1.0)).await);
+    let push = node.next_push(WAIT).await.unwrap();
+    assert_eq!(changes(&push), (vec!["acme/gpt".to_string()], vec![]));
+    node.answer(&push, &[]).await.unwrap();
+    let seen = node_until(&mut fleet, "n1", |n| {
+        n.parked.is_empty() && n.lag_revisions == 0
+    })
+    .await;
+    assert!(seen.applied.iter().any(|h| h.version == fixed));
+    assert!(seen.applied_revision >= fixed);
+
+    // ListNodes shows it; a region filter excludes it.
+    let listed = fleet
+        .list_nodes(pb::ListNodesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.nodes.len(), 1);
+    let none = fleet
+        .list_nodes(pb::ListNodesRequest {
+            region: "eu".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(none.nodes.is_empty());
+    let unknown = fleet
+        .get_node(pb::GetNodeRequest {
+            node_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+
+    // Disconnected nodes stay visible, marked so.
+    drop(node);
+    let gone = node_until(&mut fleet, "n1", |n| !n.connected).await;
+    assert!(gone.connected_replica.is_empty());
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn region_scoping_works_in_both_directions_and_removals_survive_a_reconnect() {
+    let plane = TestPlane::embedded().await;
+    let (mut admin, _) = clients(&plane).await;
+    apply(&mut admin, tenant("acme")).await;
+    apply(&mut admin, scoped(model("acme", "regional"), &["eu"])).await;
+
+    let mut us = SimNode::connect(&plane.url(), ADMIN_KEY, hello("us-1", "us", &[]))
+        .await
+        .unwrap();
+    let mut eu = SimNode::connect(&plane.url(), ADMIN_KEY, hello("eu-1", "eu", &[]))
+        .await
+        .unwrap();
+    let push = us.next_push(WAIT).await.unwrap();
+    assert!(!changes(&push).0.contains(&"acme/regional".to_string()));
+    us.answer(&push, &[]).await.unwrap();
+    let push = eu.next_push(WAIT).await.unwrap();
+    assert!(changes(&push).0.contains(&"acme/regional".to_string()));
+    eu.answer(&push, &[]).await.unwrap();
+
+    // Re-scoped from eu to us: a removal for eu, an update for us.
+    apply(&mut admin, scoped(model("acme", "regional"), &["us"])).await;
+    let push = eu.next_push(WAIT).await.unwrap();
+    assert_eq!(changes(&push), (vec![], vec!["acme/regional".to_string()]));
+    eu.answer(&push, &[]).await.unwrap();
+    let push = us.next_push(WAIT).await.unwrap();
+    assert_eq!(changes(&push), (vec!["acme/regional".to_string()], vec![]));
+    us.answer(&push, &[]).await.unwrap();
+    let held = push.updates[0].metadata.as_ref().unwrap().resource_version;
+
+    // The us node goes away; the resource is deleted meanwhile; on reconnect
+    // with what it holds, the removal is in its initial push.
+    drop(us);
+    admin
+        .delete(pb::DeleteRequest {
+            kind: pb::Kind::Model as i32,
+            tenant: "acme".into(),
+            name: "regional".into(),
+            resource_version: 0,
+        })
+        .await
+        .unwrap();
+    let mut reconnect = hello("us-1", "us", &[]);
+    reconnect.held = vec![pb::HeldResource {
+        resource: Some(pb::ResourceRef {
+            kind: pb::Kind::Model as i32,
+            tenant: "acme".into(),
+            name: "regional".into(),
+        }),
+        version: held,
+    }];
+    let mut us = SimNode::connect(&plane.url(), ADMIN_KEY, reconnect)
+        .await
+        .unwrap();
+    let push = us.next_push(WAIT).await.unwrap();
+    assert!(push.initial);
+    assert!(
+        changes(&push).1.contains(&"acme/regional".to_string()),
+        "{push:?}"
+    );
+    // The eu node holds nothing of it, so it hears nothing.
+    eu.expect_quiet(Duration::from_millis(300)).await.unwrap();
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn a_newer_stream_of_the_same_node_replaces_the_older() {
+    let plane = TestPlane::embedded().await;
+    let mut first = SimNode::connect(&plane.url(), ADMIN_KEY, hello("n1", "us", &[]))
+        .await
+        .unwrap();
+    first.next_push(WAIT).await.unwrap();
+    let mut second = SimNode::connect(&plane.url(), ADMIN_KEY, hello("n1", "us", &[]))
+        .await
+        .unwrap();
+    second.next_push(WAIT).await.unwrap();
+    let ended = first.next(WAIT).await.unwrap().unwrap_err();
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    plane.stop().await;
+}
