@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
 use aios_runtime::{
-    ConfigError, ListenAddr,
+    ConfigError, ListenAddr, Secret,
     cli::{CommonArgs, CommonFile, ProcessConfig},
     logging::LogFormat,
 };
@@ -70,6 +70,10 @@ pub struct Cli {
     /// Directory for the last good config snapshot and telemetry spill (created if missing).
     #[arg(long, env = "AIOS_STATE_DIR", value_name = "PATH")]
     pub state_dir: Option<PathBuf>,
+    /// File holding this node's API key for the control plane: a NODE key of
+    /// the `system` tenant (else AIOS_NODE_KEY; never a flag, flags show in `ps`).
+    #[arg(long, env = "AIOS_NODE_KEY_FILE", value_name = "PATH")]
+    pub node_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -87,6 +91,7 @@ struct FileConfig {
     zone: Option<NodeName>,
     labels: Option<BTreeMap<String, String>>,
     state_dir: Option<PathBuf>,
+    node_key_file: Option<PathBuf>,
     log: Option<String>,
     log_format: Option<LogFormat>,
     #[serde(
@@ -111,6 +116,9 @@ pub struct Config {
     pub node: NodeIdentity,
     /// State directory (exists and is writable once validated).
     pub state_dir: PathBuf,
+    /// The key this node presents to the control plane (`x-api-key`);
+    /// `None` = none (the control plane will refuse the config stream).
+    pub node_key: Option<Secret>,
     /// Logging and shutdown.
     pub process: ProcessConfig,
 }
@@ -184,6 +192,10 @@ impl Config {
                 .state_dir
                 .or(file.state_dir)
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            node_key: node_key(
+                cli.node_key_file.or(file.node_key_file),
+                std::env::var("AIOS_NODE_KEY").ok(),
+            )?,
             process: ProcessConfig::resolve(&cli.common, &common)?,
         };
         prepare_state_dir(&config.state_dir)?;
@@ -206,9 +218,28 @@ impl Config {
                 labels: BTreeMap::new(),
             },
             state_dir,
+            node_key: None,
             process: ProcessConfig::default(),
         }
     }
+}
+
+/// The node key from `--node-key-file`, else from `AIOS_NODE_KEY` (`env`,
+/// passed in so tests need not touch the process environment).
+fn node_key(file: Option<PathBuf>, env: Option<String>) -> Result<Option<Secret>, ConfigError> {
+    const SETTING: &str = "--node-key-file";
+    let (setting, shown, key) = match (file, env) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| ConfigError::invalid(SETTING, path.display(), e))?;
+            (SETTING, path.display().to_string(), text.trim().to_string())
+        }
+        (None, Some(key)) => ("AIOS_NODE_KEY", "(hidden)".into(), key.trim().to_string()),
+        (None, None) => return Ok(None),
+    };
+    Secret::new(key)
+        .map(Some)
+        .map_err(|reason| ConfigError::invalid(setting, shown, reason))
 }
 
 fn parse_default<T: std::str::FromStr<Err = String>>(
@@ -425,6 +456,58 @@ mod tests {
                 .contains("label value")
         );
         assert!("example.com/tier=gpu".parse::<Label>().is_ok());
+    }
+
+    #[test]
+    fn the_node_key_comes_from_the_file_else_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = "k".repeat(40);
+        let file = dir.path().join("node.key");
+        std::fs::write(&file, format!("{good}\n")).unwrap();
+
+        let from_file = node_key(Some(file.clone()), Some("e".repeat(40))).unwrap();
+        assert_eq!(from_file.unwrap().expose(), good, "the file wins, trimmed");
+        let from_env = node_key(None, Some("e".repeat(40))).unwrap();
+        assert_eq!(from_env.unwrap().expose(), "e".repeat(40));
+        assert_eq!(node_key(None, None).unwrap(), None);
+
+        let err = node_key(None, Some("short".into())).unwrap_err().one_line();
+        assert!(
+            err.starts_with("invalid AIOS_NODE_KEY '(hidden)': must be 32-256"),
+            "{err}"
+        );
+        let missing = dir.path().join("missing.key");
+        let err = node_key(Some(missing), None).unwrap_err().one_line();
+        assert!(err.starts_with("invalid --node-key-file"), "{err}");
+        std::fs::write(&file, "short").unwrap();
+        let err = node_key(Some(file.clone()), None).unwrap_err().one_line();
+        assert!(
+            err.contains("must be 32-256") && !err.contains("short"),
+            "{err}"
+        );
+
+        // From the flag and from the config file, and never shown in Debug.
+        std::fs::write(&file, &good).unwrap();
+        let state = dir.path().join("state");
+        let config = parse(&[
+            "--node-key-file",
+            file.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(config.node_key.as_ref().unwrap().expose(), good);
+        assert!(!format!("{config:?}").contains(&good));
+        let yaml = dir.path().join("dp.yaml");
+        std::fs::write(&yaml, format!("node-key-file: {}\n", file.display())).unwrap();
+        let config = parse(&[
+            "--config",
+            yaml.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(config.node_key.unwrap().expose(), good);
     }
 
     #[test]

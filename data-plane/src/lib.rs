@@ -5,29 +5,42 @@
 //! [`DataPlane::start`] builds the whole node from a validated [`Config`];
 //! the `aios-data-plane` binary, `aiosctl dev` and the end-to-end tests all
 //! start it the same way. It serves `AgentService` over gRPC and an
-//! OpenAI-compatible HTTP API over the same pipeline.
+//! OpenAI-compatible HTTP API over the same pipeline, with the config the
+//! [`fleet`] agent streams from the control plane ([`DataPlane::node_config`]).
 
 pub mod api;
 pub mod config;
+pub mod fleet;
 pub mod openai;
 
 use std::{net::SocketAddr, time::Duration};
 
 use aios_runtime::{Drain, Readiness, Running, ServerSpec, StartError, server::bind};
+use tokio::task::JoinSet;
 
 pub use config::{Cli, Config, ControlPlaneUrl, NodeIdentity};
+pub use fleet::NodeConfigHandle;
 
 /// Plane name used in metrics labels and logs.
 pub const PLANE: &str = "data-plane";
+
+/// Readiness gate: the node has a config, saved from an earlier run or
+/// pushed by a control plane. Once open it stays open through control-plane
+/// outages: the node serves its last good config.
+pub const GATE_CONFIG: &str = "config";
 
 /// A running data-plane node.
 #[derive(Debug)]
 pub struct DataPlane {
     server: Running,
+    node_config: NodeConfigHandle,
+    /// The config agent (one task; aborted if the plane is dropped).
+    agent: JoinSet<()>,
 }
 
 impl DataPlane {
-    /// Binds the gRPC, HTTP and admin listeners and starts serving.
+    /// Loads the last good config, binds the gRPC, HTTP and admin
+    /// listeners, starts serving, and starts the config agent.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
         let grpc = bind("--listen", config.listen).await?;
         let http = bind("--http-listen", config.http_listen).await?;
@@ -41,17 +54,41 @@ impl DataPlane {
             state_dir = %config.state_dir.display(),
             "data plane starting"
         );
+        // Read once before serving (a small file), so the first health
+        // answer already says whether the node has a config.
+        let host = fleet::Host::current();
+        let saved = fleet::persist::load(&config.state_dir, &host);
+        let has_config = saved.found;
+        let node_config = NodeConfigHandle::new(saved.config);
         let server = Running::start(ServerSpec {
             plane: PLANE,
             grpc,
             admin,
             routes: api::routes(),
             services: aios_proto::DATA_PLANE_SERVICES,
-            gates: Vec::new(),
+            gates: vec![(GATE_CONFIG, has_config)],
             http: Some((http, openai::router())),
         })
         .await?;
-        Ok(Self { server })
+        let agent = fleet::Agent::new(
+            config,
+            node_config.clone(),
+            host,
+            server.readiness().clone(),
+            has_config,
+        );
+        let mut tasks = JoinSet::new();
+        tasks.spawn(agent.run(server.shutdown_token()));
+        Ok(Self {
+            server,
+            node_config,
+            agent: tasks,
+        })
+    }
+
+    /// The node's config: what the request path reads, swapped on each push.
+    pub fn node_config(&self) -> &NodeConfigHandle {
+        &self.node_config
     }
 
     /// Bound gRPC address.
@@ -74,9 +111,13 @@ impl DataPlane {
         self.server.readiness()
     }
 
-    /// Drains in-flight calls for up to `grace`, then stops.
-    pub async fn shutdown(self, grace: Duration) -> Drain {
-        self.server.shutdown(grace).await
+    /// Drains in-flight calls for up to `grace`, then stops the config
+    /// agent once it has saved the latest config.
+    pub async fn shutdown(mut self, grace: Duration) -> Drain {
+        let drain = self.server.shutdown(grace).await;
+        // The agent stops on the shutdown signal the drain sent.
+        while self.agent.join_next().await.is_some() {}
+        drain
     }
 
     /// Serves until SIGINT/SIGTERM, then drains for up to `grace`.

@@ -215,8 +215,26 @@ impl SpawnedPlane {
         Self::start("aios-control-plane", &args, env, dir)
     }
 
-    /// Starts `aios-data-plane` with `extra` flags.
+    /// Starts `aios-data-plane` streaming config from the control plane at
+    /// `url` with the node key `key`, and waits until it has applied its
+    /// first push (and so is ready).
+    pub fn data_plane_of(url: &str, key: &str, extra: &[&str]) -> Result<Self> {
+        let mut args = vec!["--control-plane", url];
+        args.extend_from_slice(extra);
+        let mut plane = Self::data_plane_with_env(&args, &[("AIOS_NODE_KEY", key)])?;
+        plane
+            .process
+            .wait_for_log("config applied", Duration::from_secs(30))?;
+        Ok(plane)
+    }
+
+    /// Starts `aios-data-plane` with `extra` flags (no node key: it never
+    /// gets config, so it stays NOT_SERVING).
     pub fn data_plane(extra: &[&str]) -> Result<Self> {
+        Self::data_plane_with_env(extra, &[])
+    }
+
+    fn data_plane_with_env(extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let state = dir.path().join("state").display().to_string();
         let mut args = vec![
@@ -234,7 +252,7 @@ impl SpawnedPlane {
             "json",
         ];
         args.extend_from_slice(extra);
-        Self::start("aios-data-plane", &args, &[], dir)
+        Self::start("aios-data-plane", &args, env, dir)
     }
 
     fn start(

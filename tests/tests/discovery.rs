@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use aios_client::{check_health, connect, probe};
-use aios_control_plane::ControlPlane;
+use aios_control_plane::{ControlPlane, Secret};
 use aios_data_plane::DataPlane;
-use aios_tests::http_get;
+use aios_tests::{admin::ADMIN_KEY, http_get};
 
 const SERVING: &str = "SERVING";
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,19 +31,24 @@ fn expected(services: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn each_plane_lists_exactly_its_services_and_serves() {
     let dir = tempfile::tempdir().unwrap();
-    let cp = ControlPlane::start(&aios_control_plane::Config::local(dir.path()))
-        .await
-        .unwrap();
+    let mut cp_config = aios_control_plane::Config::local(dir.path());
+    cp_config.bootstrap_admin_key = Some(Secret::new(ADMIN_KEY.into()).unwrap());
+    let cp = ControlPlane::start(&cp_config).await.unwrap();
     let cp_url = format!("http://{}", cp.grpc_addr());
     let node_dir = dir.path().join("node");
     std::fs::create_dir_all(&node_dir).unwrap();
-    let dp = DataPlane::start(&aios_data_plane::Config::local(
-        cp_url.parse().unwrap(),
-        node_dir,
-    ))
-    .await
-    .unwrap();
+    let mut dp_config = aios_data_plane::Config::local(cp_url.parse().unwrap(), node_dir);
+    dp_config.node_key = Some(Secret::new(ADMIN_KEY.into()).unwrap());
+    let dp = DataPlane::start(&dp_config).await.unwrap();
     let dp_url = format!("http://{}", dp.grpc_addr());
+    // A node serves once it has some config.
+    tokio::time::timeout(
+        TIMEOUT,
+        dp.node_config().subscribe().wait_for(|c| c.revision > 0),
+    )
+    .await
+    .unwrap()
+    .unwrap();
 
     let cp_probe = probe(&cp_url, None, TIMEOUT).await;
     assert_eq!(cp_probe.status, SERVING, "{cp_probe:?}");
@@ -93,6 +98,23 @@ async fn each_plane_lists_exactly_its_services_and_serves() {
 
     assert_eq!(dp.shutdown(TIMEOUT).await, aios_runtime::Drain::Clean);
     assert_eq!(cp.shutdown(TIMEOUT).await, aios_runtime::Drain::Clean);
+}
+
+#[tokio::test]
+async fn a_node_that_never_had_config_reports_not_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let dp = DataPlane::start(&aios_data_plane::Config::local(
+        "http://127.0.0.1:1".parse().unwrap(),
+        dir.path().into(),
+    ))
+    .await
+    .unwrap();
+    let dp_probe = probe(&format!("http://{}", dp.grpc_addr()), None, TIMEOUT).await;
+    assert_eq!(dp_probe.status, "NOT_SERVING", "{dp_probe:?}");
+    let (code, body) = http_get(dp.admin_addr(), "/readyz").await.unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("config"), "names the closed gate: {body}");
+    dp.shutdown(TIMEOUT).await;
 }
 
 #[tokio::test]

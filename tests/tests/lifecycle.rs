@@ -5,7 +5,7 @@
 
 use std::{net::TcpListener, time::Duration};
 
-use aios_tests::{Process, SpawnedPlane, bin};
+use aios_tests::{Process, SpawnedPlane, admin::ADMIN_KEY, bin};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -96,9 +96,21 @@ fn env_variables_configure_the_binary() {
 
 #[tokio::test]
 async fn sigterm_drains_within_the_grace_bound_and_exits_cleanly() {
+    // The data plane gets its config from a control plane of its own, so
+    // it is SERVING before the signal.
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("embedded:{}", dir.path().join("cp.db").display());
+    let source = SpawnedPlane::control_plane_on(
+        &store,
+        &[("AIOS_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)],
+        &[],
+        dir,
+    )
+    .unwrap();
     for mut plane in [
         SpawnedPlane::control_plane(&["--shutdown-grace", "1s"]).unwrap(),
-        SpawnedPlane::data_plane(&["--shutdown-grace", "1s"]).unwrap(),
+        SpawnedPlane::data_plane_of(&source.grpc_url(), ADMIN_KEY, &["--shutdown-grace", "1s"])
+            .unwrap(),
     ] {
         let channel = aios_client::connect(&plane.grpc_url(), None, EXIT)
             .await

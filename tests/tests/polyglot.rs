@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use aios_tests::{SpawnedPlane, python, repo_root};
+use aios_tests::{SpawnedPlane, admin::ADMIN_KEY, python, repo_root};
 
 /// Runs `tests/python/polyglot_check.py` against `target`, expecting
 /// `services`, and returns its JSON report.
@@ -66,7 +66,16 @@ fn python_generated_client_reaches_the_control_plane() {
 
 #[test]
 fn python_reflection_lists_the_data_plane_services() {
-    let plane = SpawnedPlane::data_plane(&[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("embedded:{}", dir.path().join("cp.db").display());
+    let source = SpawnedPlane::control_plane_on(
+        &store,
+        &[("AIOS_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)],
+        &[],
+        dir,
+    )
+    .unwrap();
+    let plane = SpawnedPlane::data_plane_of(&source.grpc_url(), ADMIN_KEY, &[]).unwrap();
     let report = python_check(plane.grpc, aios_proto::DATA_PLANE_SERVICES);
     let services = listed(&report);
     assert!(

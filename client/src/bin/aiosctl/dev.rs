@@ -46,7 +46,8 @@ pub async fn run(globals: &Globals, state_dir: &Path, log: &str) -> Result<i32, 
         .await
         .map_err(|e| e.to_string())?;
     let cp_url: ControlPlaneUrl = format!("http://{}", control_plane.grpc_addr()).parse()?;
-    let dp_config = aios_data_plane::Config::local(cp_url.clone(), node_dir);
+    let mut dp_config = aios_data_plane::Config::local(cp_url.clone(), node_dir);
+    dp_config.node_key = Some(aios_control_plane::Secret::new(api_key.clone())?);
     let data_plane = DataPlane::start(&dp_config)
         .await
         .map_err(|e| e.to_string())?;

@@ -1,0 +1,116 @@
+//! Node-side checks: what the control plane cannot know about this node.
+//!
+//! [`aios_model::validate`] decides whether a resource is well formed; these
+//! checks decide whether *this node* can run it (is the provider's API key
+//! in its environment?). A resource that fails one is NACKed like an invalid
+//! one, so the operator sees the reason on the node's record, and the node
+//! keeps the version it held before.
+//!
+//! To add a check, write a `fn(&Host, &Validated, &mut Vec<FieldViolation>)`
+//! and list it in [`CHECKS`]; what it needs from the machine goes into
+//! [`Host`] as an injectable lookup, so tests never touch the real machine.
+
+use std::{fmt, sync::Arc};
+
+use aios_model::{FieldViolation, Spec, Validated};
+
+/// Looks up an environment variable; `None` when it is unset.
+type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// What the checks may ask about the machine the node runs on.
+#[derive(Clone)]
+pub struct Host {
+    env: Arc<EnvLookup>,
+}
+
+impl Host {
+    /// The real machine: this process's environment.
+    pub fn current() -> Self {
+        Self::with_env(|name| std::env::var(name).ok())
+    }
+
+    /// A machine whose environment is `env` (for tests).
+    pub fn with_env(env: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self { env: Arc::new(env) }
+    }
+
+    /// The value of environment variable `name`, if set and non-empty.
+    fn env_var(&self, name: &str) -> Option<String> {
+        (self.env)(name).filter(|v| !v.is_empty())
+    }
+
+    /// Every problem this node has with `resource`; empty = it can run it.
+    pub fn check(&self, resource: &Validated) -> Vec<FieldViolation> {
+        let mut violations = Vec::new();
+        for check in CHECKS {
+            check(self, resource, &mut violations);
+        }
+        violations
+    }
+}
+
+impl fmt::Debug for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Host").finish_non_exhaustive()
+    }
+}
+
+/// One node-side check: appends a violation for each problem it finds.
+type Check = fn(&Host, &Validated, &mut Vec<FieldViolation>);
+
+/// Every node-side check, run in order on each resource.
+const CHECKS: &[Check] = &[model_api_key_is_set];
+
+// === Checks ===
+
+/// A remote model's API key is read from the node's environment at call
+/// time; without it every call would fail, so refuse the model up front.
+fn model_api_key_is_set(host: &Host, resource: &Validated, out: &mut Vec<FieldViolation>) {
+    let Spec::Model(model) = &resource.spec else {
+        return;
+    };
+    if let Some(name) = model.api_key_env.as_deref().filter(|n| !n.is_empty())
+        && host.env_var(name).is_none()
+    {
+        out.push(FieldViolation::new(
+            "model.api_key_env",
+            format!("environment variable {name} is not set on this node"),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use aios_proto::v1 as pb;
+
+    use super::*;
+    use crate::fleet::testing::{host_with as host, model, tool};
+
+    fn validated(resource: &pb::Resource) -> Validated {
+        aios_model::validate(resource).unwrap()
+    }
+
+    #[test]
+    fn a_model_needs_its_api_key_variable_on_the_node() {
+        let gpt = validated(&model("gpt", 1, "OPENAI_API_KEY"));
+        assert_eq!(host(&[("OPENAI_API_KEY", "sk-1")]).check(&gpt), vec![]);
+        for missing in [host(&[]), host(&[("OPENAI_API_KEY", "")])] {
+            let violations = missing.check(&gpt);
+            assert_eq!(
+                violations,
+                vec![FieldViolation::new(
+                    "model.api_key_env",
+                    "environment variable OPENAI_API_KEY is not set on this node"
+                )]
+            );
+        }
+    }
+
+    #[test]
+    fn resources_without_node_requirements_pass() {
+        assert_eq!(host(&[]).check(&validated(&tool("search", 1))), vec![]);
+        assert_eq!(host(&[]).check(&validated(&model("m", 1, ""))), vec![]);
+    }
+}
