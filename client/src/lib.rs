@@ -6,11 +6,13 @@
 //! it unchanged. [`probe`] asks a plane for its health and the services it
 //! serves, which is what `aiosctl status` shows. [`AdminClient`] wraps the
 //! control plane's `AdminService`; [`describe_status`] renders its errors
-//! (with their `google.rpc` details) as one line. With the `manifest`
-//! feature, [`manifest`] reads and writes resources as YAML or JSON
-//! documents (the proto3 JSON mapping of `aios.v1.Resource`).
+//! (with their `google.rpc` details) as one line. [`FleetClient`] wraps
+//! the operator side of `FleetService`: the nodes and what each runs. With
+//! the `manifest` feature, [`manifest`] reads and writes resources as YAML
+//! or JSON documents (the proto3 JSON mapping of `aios.v1.Resource`).
 
 pub mod admin;
+pub mod fleet;
 pub mod kind;
 #[cfg(feature = "manifest")]
 pub mod manifest;
@@ -33,6 +35,7 @@ use tonic_reflection::pb::v1::{
 };
 
 pub use admin::{AdminClient, describe_status};
+pub use fleet::FleetClient;
 
 /// Metadata key that carries the API key on every call.
 pub const API_KEY_HEADER: &str = "x-api-key";

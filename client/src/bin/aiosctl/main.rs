@@ -5,6 +5,7 @@ mod audit;
 mod delete;
 mod dev;
 mod diff;
+mod fleet;
 mod get;
 mod linediff;
 mod output;
@@ -27,7 +28,7 @@ const DEFAULT_DATA_PLANE: &str = "http://127.0.0.1:7080";
 #[command(
     name = "aiosctl",
     version,
-    about = "Operate aios: resources, the audit log, status, and a local dev environment."
+    about = "Operate aios: resources, the audit log, the fleet of nodes, status, and a local dev environment."
 )]
 struct Cli {
     /// Control-plane gRPC endpoint.
@@ -84,6 +85,8 @@ enum Command {
     Diff(diff::Args),
     /// Show the audit log, newest first.
     Audit(audit::Args),
+    /// Show data-plane nodes: `fleet ls`, `fleet describe NODE` (what it runs, what it rejected).
+    Fleet(fleet::Args),
 }
 
 /// Global options every command gets.
@@ -116,6 +119,7 @@ async fn main() {
         Command::Delete(args) => delete::run(&globals, args).await,
         Command::Diff(args) => diff::run(&globals, args).await,
         Command::Audit(args) => audit::run(&globals, args).await,
+        Command::Fleet(args) => fleet::run(&globals, args).await,
     };
     match code {
         Ok(code) => std::process::exit(code),

@@ -63,6 +63,23 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     text
 }
 
+/// `Key:  value` lines, values aligned, each line indented by `indent`
+/// spaces (a described object's fields, as in `fleet describe`).
+pub fn fields(pairs: &[(&str, String)], indent: usize) -> String {
+    let width = pairs
+        .iter()
+        .map(|(key, _)| key.len() + 1)
+        .max()
+        .unwrap_or(0);
+    pairs
+        .iter()
+        .map(|(key, value)| {
+            let key = format!("{key}:");
+            format!("{:indent$}{key:<width$}  {value}\n", "")
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,5 +91,11 @@ mod tests {
             &[vec!["xxx".into(), "y".into()], vec!["z".into(), "".into()]],
         );
         assert_eq!(text, "A    BB\nxxx  y\nz\n");
+    }
+
+    #[test]
+    fn fields_align_values_after_the_longest_key() {
+        let text = fields(&[("Node", "a".into()), ("Last seen", "b".into())], 2);
+        assert_eq!(text, "  Node:       a\n  Last seen:  b\n");
     }
 }
