@@ -123,6 +123,25 @@ impl SimNode {
         }
     }
 
+    /// The first push matching `wanted`, left unanswered; pushes before it
+    /// are ACKed in full. The cache a new stream starts from may trail a
+    /// write that just returned, so a test waits for what it expects.
+    pub async fn push_with(
+        &mut self,
+        timeout: Duration,
+        wanted: impl Fn(&pb::ConfigPush) -> bool,
+    ) -> Result<pb::ConfigPush> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let push = self.next_push(left).await?;
+            if wanted(&push) {
+                return Ok(push);
+            }
+            self.answer(&push, &[]).await?;
+        }
+    }
+
     /// Waits up to `timeout` for no push to arrive; fails if one does.
     pub async fn expect_quiet(&mut self, timeout: Duration) -> Result<()> {
         match tokio::time::timeout(timeout, self.inbound.message()).await {

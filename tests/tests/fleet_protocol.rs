@@ -65,6 +65,10 @@ fn priced(mut resource: pb::Resource, price: f64) -> pb::Resource {
     resource
 }
 
+fn has_update(push: &pb::ConfigPush, name: &str) -> bool {
+    changes(push).0.iter().any(|n| n == name)
+}
+
 /// Polls GetNode until `check` holds.
 async fn node_until(
     fleet: &mut FleetClient,
@@ -148,11 +152,11 @@ async fn pushes_acks_nacks_and_the_fleet_view() {
     )
     .await
     .unwrap();
-    let initial = node.next_push(WAIT).await.unwrap();
-    assert!(initial.initial);
-    let (updates, removals) = changes(&initial);
-    assert!(updates.contains(&"acme/gpt".to_string()), "{updates:?}");
-    assert!(removals.is_empty());
+    let initial = node
+        .push_with(WAIT, |p| has_update(p, "acme/gpt"))
+        .await
+        .unwrap();
+    assert!(changes(&initial).1.is_empty());
     node.answer(&initial, &[]).await.unwrap();
 
     let seen = node_until(&mut fleet, "n1", |n| !n.applied.is_empty()).await;
@@ -257,12 +261,14 @@ async fn region_scoping_works_in_both_directions_and_removals_survive_a_reconnec
     let mut eu = SimNode::connect(&plane.url(), ADMIN_KEY, hello("eu-1", "eu", &[]))
         .await
         .unwrap();
-    let push = us.next_push(WAIT).await.unwrap();
-    assert!(!changes(&push).0.contains(&"acme/regional".to_string()));
-    us.answer(&push, &[]).await.unwrap();
-    let push = eu.next_push(WAIT).await.unwrap();
-    assert!(changes(&push).0.contains(&"acme/regional".to_string()));
+    let push = eu
+        .push_with(WAIT, |p| has_update(p, "acme/regional"))
+        .await
+        .unwrap();
     eu.answer(&push, &[]).await.unwrap();
+    let push = us.next_push(WAIT).await.unwrap();
+    assert!(!has_update(&push, "acme/regional"));
+    us.answer(&push, &[]).await.unwrap();
 
     // Re-scoped from eu to us: a removal for eu, an update for us.
     apply(&mut admin, scoped(model("acme", "regional"), &["us"])).await;
@@ -298,12 +304,11 @@ async fn region_scoping_works_in_both_directions_and_removals_survive_a_reconnec
     let mut us = SimNode::connect(&plane.url(), ADMIN_KEY, reconnect)
         .await
         .unwrap();
-    let push = us.next_push(WAIT).await.unwrap();
-    assert!(push.initial);
-    assert!(
-        changes(&push).1.contains(&"acme/regional".to_string()),
-        "{push:?}"
-    );
+    us.push_with(WAIT, |p| {
+        changes(p).1.contains(&"acme/regional".to_string())
+    })
+    .await
+    .unwrap();
     // The eu node holds nothing of it, so it hears nothing.
     eu.expect_quiet(Duration::from_millis(300)).await.unwrap();
     plane.stop().await;
@@ -322,5 +327,86 @@ async fn a_newer_stream_of_the_same_node_replaces_the_older() {
     second.next_push(WAIT).await.unwrap();
     let ended = first.next(WAIT).await.unwrap().unwrap_err();
     assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn a_stuck_node_delays_nobody_and_then_gets_one_coalesced_push() {
+    let plane = TestPlane::embedded().await;
+    let (mut admin, _) = clients(&plane).await;
+    apply(&mut admin, tenant("acme")).await;
+    let mut stuck = SimNode::connect(&plane.url(), ADMIN_KEY, hello("stuck", "us", &[]))
+        .await
+        .unwrap();
+    let mut live = SimNode::connect(&plane.url(), ADMIN_KEY, hello("live", "us", &[]))
+        .await
+        .unwrap();
+    let stuck_initial = stuck.next_push(WAIT).await.unwrap();
+
+    // The stuck node never answers; the live one gets every change.
+    let mut last = 0;
+    for price in 1..=5 {
+        last = version(&apply(&mut admin, priced(model("acme", "gpt"), f64::from(price))).await);
+        let push = live
+            .push_with(WAIT, |p| {
+                p.updates
+                    .iter()
+                    .any(|r| aios_tests::fleet::version_of(r) == last)
+            })
+            .await
+            .unwrap();
+        live.answer(&push, &[]).await.unwrap();
+    }
+    stuck
+        .expect_quiet(Duration::from_millis(200))
+        .await
+        .unwrap();
+
+    // Once it answers, it gets one push with only the newest version.
+    stuck.answer(&stuck_initial, &[]).await.unwrap();
+    let push = stuck.next_push(WAIT).await.unwrap();
+    let versions: Vec<i64> = push
+        .updates
+        .iter()
+        .filter(|r| aios_tests::fleet::name_of(r) == "acme/gpt")
+        .map(aios_tests::fleet::version_of)
+        .collect();
+    assert_eq!(versions, [last], "one push, newest version only");
+    plane.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_that_moves_region_loses_what_no_longer_applies() {
+    let plane = TestPlane::embedded().await;
+    let (mut admin, _) = clients(&plane).await;
+    apply(&mut admin, tenant("acme")).await;
+    apply(&mut admin, scoped(model("acme", "us-only"), &["us"])).await;
+    let mut node = SimNode::connect(&plane.url(), ADMIN_KEY, hello("n1", "us", &[]))
+        .await
+        .unwrap();
+    let push = node
+        .push_with(WAIT, |p| has_update(p, "acme/us-only"))
+        .await
+        .unwrap();
+    node.answer(&push, &[]).await.unwrap();
+    let held: Vec<pb::HeldResource> = push
+        .updates
+        .iter()
+        .map(|r| pb::HeldResource {
+            resource: Some(aios_tests::fleet::reference_of(r)),
+            version: aios_tests::fleet::version_of(r),
+        })
+        .collect();
+    drop(node);
+
+    // Back with the same config, now in eu.
+    let mut moved = hello("n1", "eu", &[]);
+    moved.held = held;
+    let mut node = SimNode::connect(&plane.url(), ADMIN_KEY, moved)
+        .await
+        .unwrap();
+    let push = node.next_push(WAIT).await.unwrap();
+    assert!(push.initial);
+    assert_eq!(changes(&push).1, ["acme/us-only"]);
     plane.stop().await;
 }
