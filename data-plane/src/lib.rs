@@ -9,6 +9,7 @@
 //! [`fleet`] agent streams from the control plane ([`DataPlane::node_config`]).
 
 pub mod api;
+pub mod backend;
 pub mod config;
 pub mod fleet;
 pub mod openai;
