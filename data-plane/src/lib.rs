@@ -12,7 +12,10 @@ pub mod api;
 pub mod backend;
 pub mod config;
 pub mod fleet;
+pub mod guardrails;
 pub mod openai;
+pub mod reliability;
+pub mod router;
 
 use std::{net::SocketAddr, time::Duration};
 

@@ -6,6 +6,9 @@
 //! or retries: the pipeline decides what to call, and `reliability` decides
 //! whether to call again, using [`ErrorKind::is_retryable`].
 
+pub mod anthropic;
+pub mod openai;
+
 use std::{fmt, time::Duration};
 
 use futures::stream::BoxStream;

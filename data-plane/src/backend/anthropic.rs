@@ -1,0 +1,1 @@
+//! Anthropic Messages over HTTP. (Being built.)

@@ -1,0 +1,1 @@
+//! Input and output guardrails: size limits, prompt-injection and PII detection, redaction. (Being built.)

@@ -1,0 +1,1 @@
+//! Model routing: complexity analysis, constraints, tiers, weighted splits, fallbacks. (Being built.)

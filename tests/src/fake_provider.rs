@@ -1,0 +1,1 @@
+//! A fake model provider speaking the OpenAI and Anthropic HTTP protocols, with fault injection. (Being built.)
