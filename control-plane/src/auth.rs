@@ -10,9 +10,9 @@ use std::time::SystemTime;
 
 use aios_model::{Kind, SYSTEM_TENANT};
 use aios_proto::v1::{self as pb, resource::Spec};
+pub use aios_runtime::keys::{API_KEY_HEADER, hash_secret, secret_from};
 use prost::Message;
 use rand::Rng;
-use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
 use crate::{
@@ -20,8 +20,6 @@ use crate::{
     store::{Compare, Op, Store, StoreError, TxnOutcome},
 };
 
-/// Metadata key that carries the API key.
-pub const API_KEY_HEADER: &str = "x-api-key";
 /// Name of the platform admin key created on first start.
 pub const BOOTSTRAP_KEY_NAME: &str = "bootstrap-admin";
 /// Prefix of every generated secret, so leaked keys are easy to recognise.
@@ -214,27 +212,9 @@ pub fn generate_secret() -> String {
     format!("{SECRET_PREFIX}{body}")
 }
 
-/// `sha256:<64 hex>` of a secret, as stored in `ApiKeySpec.secret_hash`.
-pub fn hash_secret(secret: &str) -> String {
-    let digest = Sha256::digest(secret.as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
-}
-
 /// The visible start of a secret, shown in listings.
 pub fn key_prefix(secret: &str) -> String {
     secret.chars().take(SECRET_PREFIX.len() + 6).collect()
-}
-
-/// The key in the request metadata, if any.
-pub fn secret_from(metadata: &MetadataMap) -> Option<String> {
-    if let Some(value) = metadata.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()) {
-        return Some(value.trim().to_string());
-    }
-    let bearer = metadata
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())?;
-    bearer.strip_prefix("Bearer ").map(|t| t.trim().to_string())
 }
 
 // === Authentication ===
@@ -245,7 +225,7 @@ pub async fn authenticate(
     metadata: &MetadataMap,
 ) -> Result<Principal, AuthError> {
     let secret = secret_from(metadata).ok_or(AuthError::Missing)?;
-    let hash = hash_secret(&secret);
+    let hash = hash_secret(secret);
     let index = store
         .get(&keys::key_hash(&hash))
         .await?
@@ -445,15 +425,5 @@ mod tests {
                 .authorize(Access::Write(Kind::Tenant))
                 .is_ok()
         );
-    }
-
-    #[test]
-    fn secrets_come_from_either_header() {
-        let mut md = MetadataMap::new();
-        assert_eq!(secret_from(&md), None);
-        md.insert("authorization", "Bearer aios_abc".parse().unwrap());
-        assert_eq!(secret_from(&md).as_deref(), Some("aios_abc"));
-        md.insert(API_KEY_HEADER, "aios_def".parse().unwrap());
-        assert_eq!(secret_from(&md).as_deref(), Some("aios_def"));
     }
 }

@@ -14,13 +14,15 @@ pub mod config;
 pub mod fleet;
 pub mod guardrails;
 pub mod openai;
+pub mod pipeline;
 pub mod reliability;
 pub mod router;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use aios_runtime::{Drain, Readiness, Running, ServerSpec, StartError, server::bind};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 pub use config::{Cli, Config, ControlPlaneUrl, NodeIdentity};
 pub use fleet::NodeConfigHandle;
@@ -40,12 +42,30 @@ pub struct DataPlane {
     node_config: NodeConfigHandle,
     /// The config agent (one task; aborted if the plane is dropped).
     agent: JoinSet<()>,
+    /// Stops the pipeline's background work.
+    stop: CancellationToken,
 }
 
 impl DataPlane {
     /// Loads the last good config, binds the gRPC, HTTP and admin
-    /// listeners, starts serving, and starts the config agent.
+    /// listeners, starts serving, and starts the config agent. Models are
+    /// called over their providers' HTTP APIs.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
+        let providers = pipeline::RemoteProviders::new().map_err(|e| {
+            StartError::Serve(aios_runtime::server::ServeError::Io(std::io::Error::other(
+                e,
+            )))
+        })?;
+        Self::start_with(config, Arc::new(providers), pipeline::Settings::default()).await
+    }
+
+    /// [`DataPlane::start`] with models built by `backends` and the
+    /// pipeline set up by `settings` (tests and benchmarks).
+    pub async fn start_with(
+        config: &Config,
+        backends: Arc<dyn pipeline::BackendFactory>,
+        settings: pipeline::Settings,
+    ) -> Result<Self, StartError> {
         let grpc = bind("--listen", config.listen).await?;
         let http = bind("--http-listen", config.http_listen).await?;
         let admin = bind("--admin-listen", config.admin_listen).await?;
@@ -64,11 +84,14 @@ impl DataPlane {
         let saved = fleet::persist::load(&config.state_dir, &host);
         let has_config = saved.found;
         let node_config = NodeConfigHandle::new(saved.config);
+        let stop = CancellationToken::new();
+        let catalog = pipeline::CatalogHandle::follow(&node_config, stop.clone());
+        let pipeline = pipeline::Pipeline::new(catalog, backends, settings);
         let server = Running::start(ServerSpec {
             plane: PLANE,
             grpc,
             admin,
-            routes: api::routes(),
+            routes: api::routes(pipeline),
             services: aios_proto::DATA_PLANE_SERVICES,
             gates: vec![(GATE_CONFIG, has_config)],
             http: Some((http, openai::router())),
@@ -87,6 +110,7 @@ impl DataPlane {
             server,
             node_config,
             agent: tasks,
+            stop,
         })
     }
 
@@ -121,6 +145,7 @@ impl DataPlane {
         let drain = self.server.shutdown(grace).await;
         // The agent stops on the shutdown signal the drain sent.
         while self.agent.join_next().await.is_some() {}
+        self.stop.cancel();
         drain
     }
 

@@ -7,6 +7,7 @@
 //! whether to call again, using [`ErrorKind::is_retryable`].
 
 pub mod anthropic;
+pub mod http;
 pub mod openai;
 
 use std::{fmt, time::Duration};

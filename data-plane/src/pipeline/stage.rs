@@ -1,0 +1,193 @@
+//! The shape every stage shares, and the one function that stacks them.
+//!
+//! A stage looks at the [`Call`] before the stages inside it run (and may
+//! end the request there with an outcome or an error), and at the outcome
+//! after they ran. [`StageLayer`] turns any stage into a tower layer, so
+//! the pipeline is an ordinary tower stack; [`stack`] is the only place
+//! that says which stages run, in which order.
+
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::future::BoxFuture;
+use tower::{Layer, Service, ServiceBuilder, util::BoxCloneSyncService};
+
+use super::{
+    call::{Call, Outcome},
+    error::ExecError,
+};
+
+/// What a stage decided before the inner stages.
+#[derive(Debug)]
+pub enum Flow {
+    /// Go on inward.
+    Continue,
+    /// The request ends here with this outcome (a policy refusal, a cache hit).
+    Done(Box<Outcome>),
+}
+
+/// A request and how it ended, handed back outward through the stages.
+#[derive(Debug)]
+pub struct Ran {
+    /// The request, with what the stages filled in.
+    pub call: Box<Call>,
+    /// Its outcome.
+    pub outcome: Outcome,
+}
+
+/// One stage of the pipeline.
+pub trait Stage: Send + Sync + 'static {
+    /// Runs before the inner stages.
+    fn before(&self, call: &mut Call) -> Result<Flow, ExecError>;
+
+    /// Runs after the inner stages, on their outcome (also when this
+    /// stage's own `before` ended the request).
+    fn after(&self, _call: &Call, _outcome: &mut Outcome) {}
+}
+
+/// The pipeline as one service.
+pub type PipelineService = BoxCloneSyncService<Box<Call>, Ran, ExecError>;
+
+/// Makes a stage a tower layer.
+#[derive(Debug)]
+pub struct StageLayer<S>(pub Arc<S>);
+
+impl<S> Clone for StageLayer<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<S: Stage, I> Layer<I> for StageLayer<S> {
+    type Service = StageService<S, I>;
+
+    fn layer(&self, inner: I) -> Self::Service {
+        StageService {
+            stage: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// A stage around the inner services.
+#[derive(Debug)]
+pub struct StageService<S, I> {
+    stage: Arc<S>,
+    inner: I,
+}
+
+impl<S, I: Clone> Clone for StageService<S, I> {
+    fn clone(&self) -> Self {
+        Self {
+            stage: self.stage.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<S, I> Service<Box<Call>> for StageService<S, I>
+where
+    S: Stage,
+    I: Service<Box<Call>, Response = Ran, Error = ExecError> + Clone + Send + 'static,
+    I::Future: Send + 'static,
+{
+    type Response = Ran;
+    type Error = ExecError;
+    type Future = BoxFuture<'static, Result<Ran, ExecError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ExecError>> {
+        // Stages never apply backpressure; the inner service is always ready
+        // (the agent loop is a plain async function).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut call: Box<Call>) -> Self::Future {
+        let stage = self.stage.clone();
+        let mut inner = self.inner.clone();
+        Box::pin(async move {
+            let mut ran = match stage.before(&mut call)? {
+                Flow::Done(outcome) => Ran {
+                    call,
+                    outcome: *outcome,
+                },
+                Flow::Continue => inner.call(call).await?,
+            };
+            stage.after(&ran.call, &mut ran.outcome);
+            Ok(ran)
+        })
+    }
+}
+
+/// Which stages run (all, in production; `bench-overhead` switches them
+/// off to measure what they cost).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stages {
+    /// Authentication. Off: requests run as the `bench` caller.
+    pub authenticate: bool,
+    /// Rate limits.
+    pub rate_limit: bool,
+    /// Input guardrails (and output redaction in the agent loop).
+    pub guardrails: bool,
+    /// Policy.
+    pub policy: bool,
+    /// Routing.
+    pub route: bool,
+    /// The response cache.
+    pub cache: bool,
+}
+
+impl Stages {
+    /// Every stage on.
+    pub const ALL: Stages = Stages {
+        authenticate: true,
+        rate_limit: true,
+        guardrails: true,
+        policy: true,
+        route: true,
+        cache: true,
+    };
+}
+
+/// The stages every request passes, in order, around the agent loop.
+#[derive(Clone)]
+pub struct StageSet {
+    /// Stage 1.
+    pub authenticate: StageLayer<super::authn::Authenticate>,
+    /// Stage 2.
+    pub rate_limit: StageLayer<super::ratelimit::RateLimiter>,
+    /// Stage 3.
+    pub guardrails: StageLayer<super::guard::InputGuard>,
+    /// Stage 4.
+    pub policy: StageLayer<super::policy::PolicyStage>,
+    /// Stage 5.
+    pub route: StageLayer<super::route::RouteStage>,
+    /// Stage 6.
+    pub cache: StageLayer<super::cache::CacheStage>,
+}
+
+impl std::fmt::Debug for StageSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StageSet")
+    }
+}
+
+/// The pipeline: the enabled stages, outermost first, around `inner` (the
+/// agent loop).
+pub fn stack<I>(stages: &StageSet, enabled: Stages, inner: I) -> PipelineService
+where
+    I: Service<Box<Call>, Response = Ran, Error = ExecError> + Clone + Send + Sync + 'static,
+    I::Future: Send + 'static,
+{
+    BoxCloneSyncService::new(
+        ServiceBuilder::new()
+            .option_layer(enabled.authenticate.then(|| stages.authenticate.clone()))
+            .option_layer(enabled.rate_limit.then(|| stages.rate_limit.clone()))
+            .option_layer(enabled.guardrails.then(|| stages.guardrails.clone()))
+            .option_layer(enabled.policy.then(|| stages.policy.clone()))
+            .option_layer(enabled.route.then(|| stages.route.clone()))
+            .option_layer(enabled.cache.then(|| stages.cache.clone()))
+            .service(inner),
+    )
+}

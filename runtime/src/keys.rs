@@ -1,0 +1,59 @@
+//! API keys on the wire, shared by both planes so they hash and read keys
+//! the same way: the secret travels in `x-api-key` (or `authorization:
+//! Bearer`), and only its SHA-256 is ever stored or compared.
+
+use std::fmt::Write as _;
+
+use sha2::{Digest, Sha256};
+use tonic::metadata::MetadataMap;
+
+/// Metadata key carrying an API key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// The key in the request metadata, if any: `x-api-key`, else a Bearer
+/// token in `authorization`.
+pub fn secret_from(metadata: &MetadataMap) -> Option<&str> {
+    if let Some(value) = metadata.get(API_KEY_HEADER).and_then(|v| v.to_str().ok()) {
+        return Some(value.trim());
+    }
+    let bearer = metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())?;
+    bearer.strip_prefix("Bearer ").map(str::trim)
+}
+
+/// `sha256:<64 hex>` of a secret, as stored in `ApiKeySpec.secret_hash`.
+pub fn hash_secret(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    let mut text = String::with_capacity(7 + 64);
+    text.push_str("sha256:");
+    for byte in digest {
+        let _ = write!(text, "{byte:02x}");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn hashes_are_sha256_hex() {
+        assert_eq!(
+            hash_secret("abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn the_key_comes_from_x_api_key_else_bearer() {
+        let mut md = MetadataMap::new();
+        assert_eq!(secret_from(&md), None);
+        md.insert("authorization", "Bearer aios_abc".parse().unwrap());
+        assert_eq!(secret_from(&md), Some("aios_abc"));
+        md.insert(API_KEY_HEADER, " aios_def ".parse().unwrap());
+        assert_eq!(secret_from(&md), Some("aios_def"));
+    }
+}
