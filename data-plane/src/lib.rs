@@ -17,6 +17,7 @@ pub mod openai;
 pub mod pipeline;
 pub mod reliability;
 pub mod router;
+pub mod tools;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 

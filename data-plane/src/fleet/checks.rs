@@ -2,7 +2,7 @@
 //!
 //! [`aios_model::validate`] decides whether a resource is well formed; these
 //! checks decide whether *this node* can run it (is the provider's API key
-//! in its environment?). A resource that fails one is NACKed like an invalid
+//! in its environment? does it have the built-in tool a Tool names?). A resource that fails one is NACKed like an invalid
 //! one, so the operator sees the reason on the node's record, and the node
 //! keeps the version it held before.
 //!
@@ -59,7 +59,7 @@ impl fmt::Debug for Host {
 type Check = fn(&Host, &Validated, &mut Vec<FieldViolation>);
 
 /// Every node-side check, run in order on each resource.
-const CHECKS: &[Check] = &[model_api_key_is_set];
+const CHECKS: &[Check] = &[model_api_key_is_set, builtin_tool_exists];
 
 // === Checks ===
 
@@ -75,6 +75,25 @@ fn model_api_key_is_set(host: &Host, resource: &Validated, out: &mut Vec<FieldVi
         out.push(FieldViolation::new(
             "model.api_key_env",
             format!("environment variable {name} is not set on this node"),
+        ));
+    }
+}
+
+/// A Tool at `address: builtin` names a tool built into the node; a node
+/// without it (an older build) could only fail every call, so it refuses
+/// the tool and the operator sees which node and why.
+fn builtin_tool_exists(_: &Host, resource: &Validated, out: &mut Vec<FieldViolation>) {
+    let Spec::Tool(tool) = &resource.spec else {
+        return;
+    };
+    if tool.is_builtin() && crate::tools::builtin::get(&tool.remote_name).is_none() {
+        out.push(FieldViolation::new(
+            "tool.remote_name",
+            format!(
+                "this node has no built-in tool '{}' (it has: {})",
+                tool.remote_name,
+                crate::tools::builtin::names()
+            ),
         ));
     }
 }
@@ -106,6 +125,29 @@ mod tests {
                 )]
             );
         }
+    }
+
+    #[test]
+    fn a_builtin_tool_must_be_one_this_node_has() {
+        let builtin = |name: &str, remote_name: &str| {
+            let mut resource = tool(name, 1);
+            if let Some(pb::resource::Spec::Tool(spec)) = resource.spec.as_mut() {
+                spec.address = "builtin".into();
+                spec.remote_name = remote_name.into();
+            }
+            validated(&resource)
+        };
+        assert_eq!(host(&[]).check(&builtin("calc", "math.evaluate")), vec![]);
+        assert_eq!(host(&[]).check(&builtin("time.now", "")), vec![]);
+        let violations = host(&[]).check(&builtin("shell", "shell.exec"));
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].field, "tool.remote_name");
+        assert!(
+            violations[0]
+                .description
+                .starts_with("this node has no built-in tool 'shell.exec' (it has: time.now,"),
+            "{violations:?}"
+        );
     }
 
     #[test]

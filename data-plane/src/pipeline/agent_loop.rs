@@ -1,15 +1,43 @@
-//! The innermost service: runs the agent. A conversation goes to the routed
-//! models through the reliability layer (retries, breakers, fallbacks);
-//! the answer passes the output guardrails and is priced.
+//! The innermost service: runs the agent.
 //!
-//! Tool calls (built-in and `ToolService`) and the model → tools → model
-//! loop bounded by `max_steps` are the next piece of the execution issue;
-//! until then the model is offered no tools, and an action request is
-//! answered FAILED with `TOOLS_UNAVAILABLE`.
+//! A conversation goes to the routed models through the reliability layer
+//! (retries, breakers, fallbacks), offering the agent's tools. While the
+//! model answers with tool calls, the loop runs them ([`crate::tools`]),
+//! appends the assistant message and one tool message per call, and asks
+//! the model again; the first answer without tool calls is the output
+//! (after the output guardrails). An action request runs its one tool
+//! directly, with no model, and its result JSON is the output.
+//!
+//! **Steps.** Every model call and every tool call is one step, recorded
+//! in order (a forensic skip and a failed call included) and streamed as
+//! it finishes. `max_steps` bounds them all: before running a batch of
+//! tool calls the loop checks that the batch *and* the model call that
+//! reads its results fit; if not, it ends FAILED `MAX_STEPS` without
+//! running them (a tool whose result no model would ever read is a side
+//! effect for nothing).
+//!
+//! **Concurrency.** The tool calls of one model turn run concurrently (at
+//! most [`MAX_CONCURRENT_TOOL_CALLS`] at a time; a model that asks for
+//! several calls in one turn declares them independent), and their
+//! results go back in the order the model asked for them.
+//!
+//! **Failures.** A tool failure is a result the model reads. A model
+//! failure before any tool ran keeps the request's plain mapping (an error
+//! status such as UNAVAILABLE or DEADLINE_EXCEEDED, which a client may
+//! retry). Once a tool has run, the request ends as an outcome instead
+//! (FAILED with `DEADLINE_EXCEEDED` or `MODEL_UNAVAILABLE`) so the caller
+//! sees which tools ran and is not invited to retry side effects blindly.
+//!
+//! Usage and cost add up over the model calls; `messages` holds every
+//! assistant and tool message produced, redacted by the output guardrails
+//! like the output (the model itself reads tool results unredacted).
+
+mod model;
 
 use std::{
     sync::Arc,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use aios_model::{Agent, Model, OutputGuardrails};
@@ -17,6 +45,7 @@ use futures::{StreamExt, future::BoxFuture};
 use tokio::time::Instant;
 use tower::Service;
 
+use self::model::{candidates, failure, forward, redact, redacted};
 use super::{
     backends::Backends,
     call::{Call, Event, Input, Outcome, RouteInfo, Status, Step, StepKind},
@@ -24,11 +53,14 @@ use super::{
     stage::Ran,
 };
 use crate::{
-    backend::{ChatEvent, ChatMessage, ChatRequest, ChatResponse, ErrorKind, Role},
-    guardrails,
-    reliability::{CallError, Candidate, Reliability},
+    backend::{ChatMessage, ChatRequest, ChatResponse, Role, ToolCall, Usage},
+    reliability::{CallError, Candidate, ChainReport, Reliability},
     router,
+    tools::{self, ToolRun, Tools},
 };
+
+/// Most tool calls of one model turn running at once.
+pub const MAX_CONCURRENT_TOOL_CALLS: usize = 8;
 
 /// The agent loop, as a service.
 #[derive(Clone, Debug)]
@@ -40,6 +72,7 @@ pub struct AgentLoop {
 struct Shared {
     backends: Backends,
     reliability: Reliability,
+    tools: Tools,
     /// Apply output guardrails (off only to measure the pipeline).
     guardrails: bool,
     /// Tenant of unauthenticated requests (only when authentication is
@@ -48,10 +81,28 @@ struct Shared {
 }
 
 impl AgentLoop {
-    /// A loop calling models from `backends` through `reliability`.
+    /// A loop calling models from `backends` through `reliability`, and
+    /// tools with a fresh [`Tools`].
     pub fn new(
         backends: Backends,
         reliability: Reliability,
+        guardrails: bool,
+        unauthenticated_tenant: Option<String>,
+    ) -> Self {
+        Self::with_tools(
+            backends,
+            reliability,
+            Tools::new(),
+            guardrails,
+            unauthenticated_tenant,
+        )
+    }
+
+    /// [`AgentLoop::new`] with the tool runner `tools`.
+    pub fn with_tools(
+        backends: Backends,
+        reliability: Reliability,
+        tools: Tools,
         guardrails: bool,
         unauthenticated_tenant: Option<String>,
     ) -> Self {
@@ -59,6 +110,7 @@ impl AgentLoop {
             shared: Arc::new(Shared {
                 backends,
                 reliability,
+                tools,
                 guardrails,
                 unauthenticated_tenant,
             }),
@@ -97,8 +149,13 @@ async fn run(shared: &Shared, call: &Call) -> Result<Outcome, ExecError> {
             kind: "Agent",
             name: call.request.agent.clone(),
         })?;
-    let forensic = call.admitted.as_ref().is_some_and(|a| a.forensic);
-    let mut outcome = Outcome {
+    // Policy decides; the request's and the agent's own flags are honoured
+    // too, so a pipeline without the policy stage never runs side effects
+    // that were asked to be skipped.
+    let forensic = call.admitted.as_ref().is_some_and(|a| a.forensic)
+        || call.request.forensic
+        || agent.forensic;
+    let outcome = Outcome {
         forensic,
         criticality: call
             .admitted
@@ -106,238 +163,347 @@ async fn run(shared: &Shared, call: &Call) -> Result<Outcome, ExecError> {
             .map_or(aios_model::Criticality::Low, |a| a.criticality),
         ..Outcome::empty()
     };
-    let messages = match &call.request.input {
-        Input::Messages(messages) => messages,
-        Input::Action { name, .. } => {
-            outcome.status = Status::Failed;
-            outcome.error = Some((
-                "TOOLS_UNAVAILABLE".into(),
-                format!("action {name}: this node does not run tools yet"),
-            ));
-            return Ok(outcome);
-        }
+    // The caller's deadline, else the agent's default.
+    let deadline = if call.caller_deadline {
+        call.deadline
+    } else {
+        call.received + agent.default_deadline
     };
-    let output_rules = agent
-        .policy
-        .as_deref()
-        .and_then(|name| call.catalog.policy(tenant, name))
-        .map(|policy| policy.output.clone())
-        .filter(|_| shared.guardrails);
-    let candidates = candidates(shared, call, tenant, agent)?;
-    let mut conversation = Vec::with_capacity(messages.len() + 1);
-    if !agent.system_prompt.is_empty() {
-        conversation.push(ChatMessage::text(Role::System, &agent.system_prompt));
-    }
-    conversation.extend(messages.iter().cloned());
-    let params = &call.request.params;
-    let first_model = &candidates[0].1;
-    let request = ChatRequest {
-        messages: conversation,
-        tools: Vec::new(),
-        max_tokens: params
-            .max_tokens
-            .or(first_model.max_output_tokens.map(|n| n.get())),
-        temperature: params.temperature,
-        top_p: params.top_p,
-        stop: params.stop.clone(),
-        seed: params.seed,
-        // The caller's deadline, else the agent's default.
-        deadline: if call.caller_deadline {
-            call.deadline
-        } else {
-            call.received + agent.default_deadline
-        },
+    let execution_id = format!("{:032x}", rand::random::<u128>());
+    let tools = tools::Caller {
+        catalog: &call.catalog,
+        tenant,
+        agent_name: &call.request.agent,
+        agent,
+        forensic,
+        deadline,
+        user: call
+            .caller
+            .as_ref()
+            .and_then(|c| c.user.as_deref())
+            .unwrap_or(&call.request.user),
+        traceparent: call
+            .metadata
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+        execution_id: &execution_id,
     };
-    let chain: Vec<Candidate> = candidates
-        .iter()
-        .map(|(name, model, backend)| {
-            Candidate::new(name.clone(), backend.clone()).with_attempt_timeout(model.timeout)
-        })
-        .collect();
-    let started = Instant::now();
-    let (response, report) = match &call.events {
-        None => {
-            let chained = shared.reliability.chat(&chain, &request).await;
-            (chained.result, chained.report)
-        }
-        Some(events) => {
-            let chained = shared.reliability.chat_stream(&chain, &request).await;
-            let result = match chained.result {
-                Ok(stream) => forward(stream, events, output_rules.as_ref()).await,
-                Err(error) => Err(error),
+    match &call.request.input {
+        Input::Action {
+            name,
+            arguments_json,
+        } => Ok(action(shared, call, &tools, outcome, name, arguments_json).await),
+        Input::Messages(messages) => {
+            let run = Conversation {
+                shared,
+                call,
+                tenant,
+                agent,
+                tools,
+                deadline,
             };
-            (result, chained.report)
+            run.run(outcome, messages).await
         }
-    };
-    let response = match response {
-        Ok(response) => response,
-        Err(error) => return failure(outcome, error),
-    };
-    let served = report.served_by.clone().unwrap_or_default();
-    let model = candidates
-        .iter()
-        .find(|(name, ..)| *name == served)
-        .map(|(_, model, _)| model)
-        .unwrap_or(first_model);
-    let cost = router::cost(
-        model,
-        response.usage.input_tokens,
-        response.usage.output_tokens,
-    );
-    let content = match &output_rules {
-        Some(rules) => redact(rules, &response.content),
-        None => response.content.clone(),
-    };
-    let step = Step {
-        index: 0,
-        kind: StepKind::Model,
-        name: served.clone(),
-        skipped_forensic: false,
-        latency: started.elapsed(),
-        error: None,
-        usage: response.usage,
-        cost,
-    };
-    if let Some(events) = &call.events {
-        let _ = events.send(Event::Step(step.clone())).await;
     }
-    outcome.route = call.route.as_ref().map(|route| {
-        let table = call.catalog.routing_table(tenant, &agent.routing_table);
-        let models = |name: &str| call.catalog.model(tenant, name);
-        RouteInfo {
-            tier: route.tier.clone(),
-            model: served.clone(),
-            complexity: route.complexity,
-            explanation: route.explanation.clone(),
-            failed_models: report.failed_models(),
-            baseline_cost: table
-                .and_then(|table| router::savings(table, &models, model, response.usage).baseline),
-        }
-    });
-    outcome.messages = vec![ChatMessage::text(Role::Assistant, content.clone())];
-    outcome.output = content;
-    outcome.model = served;
-    outcome.usage = response.usage;
-    outcome.cost = cost;
-    outcome.steps = vec![step];
-    Ok(outcome)
 }
 
-/// A candidate model: its name, settings and backend.
-type Resolved = (String, Model, Arc<dyn crate::backend::Backend>);
-
-/// The routed models, resolved to backends; without a route (routing
-/// switched off) the first target of the agent's table.
-fn candidates(
+/// An action: its one tool, run directly (policy has checked the agent may
+/// use it).
+async fn action(
     shared: &Shared,
     call: &Call,
-    tenant: &str,
-    agent: &Agent,
-) -> Result<Vec<Resolved>, ExecError> {
-    let names: Vec<String> = match &call.route {
-        Some(route) => route.candidates.clone(),
-        None => call
-            .catalog
-            .routing_table(tenant, &agent.routing_table)
-            .and_then(|t| t.tiers.first())
-            .and_then(|tier| tier.targets.first())
-            .map(|target| vec![target.model.clone()])
-            .unwrap_or_default(),
-    };
-    if names.is_empty() {
-        return Err(ExecError::Unavailable(format!(
-            "agent {} has no model to call",
-            call.request.agent
-        )));
-    }
-    let mut resolved = Vec::with_capacity(names.len());
-    let mut unavailable = Vec::new();
-    for name in names {
-        match shared.backends.get(&call.catalog, tenant, &name) {
-            Ok((backend, model)) => resolved.push((name, model, backend)),
-            Err(error) => unavailable.push(error.to_string()),
+    tools: &tools::Caller<'_>,
+    mut outcome: Outcome,
+    name: &str,
+    arguments_json: &str,
+) -> Outcome {
+    let started = Instant::now();
+    let run = shared
+        .tools
+        .run(tools, name, arguments_json, "action")
+        .await;
+    let step = tool_step(0, &run, started.elapsed());
+    emit(call, Event::Step(step.clone())).await;
+    outcome.steps.push(step);
+    match run.error {
+        None => outcome.output = run.content,
+        Some(error) => {
+            outcome.status = Status::Failed;
+            outcome.error = Some((error.reason().into(), format!("action {name}: {error}")));
         }
     }
-    if resolved.is_empty() {
-        return Err(ExecError::Unavailable(unavailable.join("; ")));
-    }
-    Ok(resolved)
+    outcome
 }
 
-/// Forwards a streamed answer's text to the caller (redacted when output
-/// guardrails apply: a whole answer is redacted at the end, so streamed
-/// text is held back until then) and returns the whole response.
-async fn forward(
-    mut stream: crate::backend::ChatStream,
-    events: &tokio::sync::mpsc::Sender<Event>,
-    rules: Option<&OutputGuardrails>,
-) -> Result<ChatResponse, CallError> {
-    let redacting = rules.is_some_and(|r| !guardrails::output_kinds(r).is_empty());
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(ChatEvent::Delta(text)) if !redacting => {
-                let _ = events.send(Event::Token { text, index: 0 }).await;
-            }
-            Ok(ChatEvent::Delta(_)) => {}
-            Ok(ChatEvent::Done(response)) => {
-                if redacting && let Some(rules) = rules {
-                    let text = redact(rules, &response.content);
-                    let _ = events.send(Event::Token { text, index: 0 }).await;
+/// One conversation's run.
+struct Conversation<'a> {
+    shared: &'a Shared,
+    call: &'a Call,
+    tenant: &'a str,
+    agent: &'a Agent,
+    tools: tools::Caller<'a>,
+    deadline: Instant,
+}
+
+impl Conversation<'_> {
+    async fn run(
+        &self,
+        mut outcome: Outcome,
+        messages: &[ChatMessage],
+    ) -> Result<Outcome, ExecError> {
+        let (shared, call, agent) = (self.shared, self.call, self.agent);
+        let output_rules = agent
+            .policy
+            .as_deref()
+            .and_then(|name| call.catalog.policy(self.tenant, name))
+            .map(|policy| policy.output.clone())
+            .filter(|_| shared.guardrails);
+        let rules = output_rules.as_ref();
+        let candidates = candidates(shared, call, self.tenant, agent)?;
+        let mut conversation = Vec::with_capacity(messages.len() + 1);
+        if !agent.system_prompt.is_empty() {
+            conversation.push(ChatMessage::text(Role::System, &agent.system_prompt));
+        }
+        conversation.extend(messages.iter().cloned());
+        let params = &call.request.params;
+        let first_model = &candidates[0].1;
+        let mut request = ChatRequest {
+            messages: conversation,
+            tools: shared.tools.offered(&self.tools),
+            max_tokens: params
+                .max_tokens
+                .or(first_model.max_output_tokens.map(|n| n.get())),
+            temperature: params.temperature,
+            top_p: params.top_p,
+            stop: params.stop.clone(),
+            seed: params.seed,
+            deadline: self.deadline,
+        };
+        let chain: Vec<Candidate> = candidates
+            .iter()
+            .map(|(name, model, backend)| {
+                Candidate::new(name.clone(), backend.clone()).with_attempt_timeout(model.timeout)
+            })
+            .collect();
+        let max_steps = usize::try_from(agent.max_steps.get()).unwrap_or(usize::MAX);
+        let mut tools_ran = false;
+        loop {
+            let index = step_index(outcome.steps.len());
+            let started = Instant::now();
+            let (result, report) = self.model_call(&chain, &request, rules, index).await;
+            let response = match result {
+                Ok(response) => response,
+                Err(error) => {
+                    let model = report.tries.last().map(|t| t.model.clone());
+                    outcome.steps.push(Step {
+                        index,
+                        kind: StepKind::Model,
+                        name: model.unwrap_or_default(),
+                        skipped_forensic: false,
+                        latency: started.elapsed(),
+                        error: Some(error.to_string()),
+                        usage: Usage::default(),
+                        cost: aios_model::Usd::ZERO,
+                    });
+                    let late = Instant::now() >= self.deadline;
+                    return failure(outcome, error, tools_ran.then_some(late));
                 }
-                return Ok(response);
-            }
-            Err(error) => {
-                return Err(CallError::Backend {
-                    model: String::new(),
-                    error,
-                });
-            }
-        }
-    }
-    Err(CallError::Backend {
-        model: String::new(),
-        error: crate::backend::BackendError::new(
-            ErrorKind::Connection,
-            "the stream ended without a final response",
-        ),
-    })
-}
+            };
+            let served = report.served_by.clone().unwrap_or_default();
+            let model = candidates
+                .iter()
+                .find(|(name, ..)| *name == served)
+                .map_or(first_model, |(_, model, _)| model);
+            let usage = response.usage;
+            let cost = router::cost(model, usage.input_tokens, usage.output_tokens);
+            outcome.usage.input_tokens = outcome
+                .usage
+                .input_tokens
+                .saturating_add(usage.input_tokens);
+            outcome.usage.output_tokens = outcome
+                .usage
+                .output_tokens
+                .saturating_add(usage.output_tokens);
+            outcome.cost = outcome.cost.saturating_add(cost);
+            let step = Step {
+                index,
+                kind: StepKind::Model,
+                name: served.clone(),
+                skipped_forensic: false,
+                latency: started.elapsed(),
+                error: None,
+                usage,
+                cost,
+            };
+            emit(call, Event::Step(step.clone())).await;
+            outcome.steps.push(step);
+            outcome.route = self.route_info(&report, &served, model, outcome.usage);
+            outcome.model = served;
 
-fn redact(rules: &OutputGuardrails, text: &str) -> String {
-    guardrails::redact_output(rules, text).0.into_owned()
-}
-
-/// A failed model call: permanent refusals are outcomes, the rest errors.
-fn failure(mut outcome: Outcome, error: CallError) -> Result<Outcome, ExecError> {
-    match error {
-        CallError::Backend { model, error } => match error.kind {
-            ErrorKind::ContentPolicy => {
-                outcome.status = Status::Blocked;
-                outcome.error = Some((
-                    "CONTENT_POLICY".into(),
-                    format!("model {model} refused the content: {}", error.message),
-                ));
-                Ok(outcome)
+            let ChatResponse {
+                content,
+                tool_calls,
+                ..
+            } = response;
+            if tool_calls.is_empty() {
+                let content = redact(rules, &content);
+                outcome
+                    .messages
+                    .push(ChatMessage::text(Role::Assistant, content.clone()));
+                outcome.output = content;
+                return Ok(outcome);
             }
-            ErrorKind::InvalidRequest => {
+
+            // The model asked for tools.
+            let first = outcome.steps.len();
+            let calls: Vec<ToolCall> = tool_calls
+                .into_iter()
+                .enumerate()
+                .map(|(i, mut c)| {
+                    if c.id.is_empty() {
+                        c.id = format!("call_{}", first + i);
+                    }
+                    c
+                })
+                .collect();
+            let assistant = ChatMessage {
+                role: Role::Assistant,
+                content,
+                tool_call_id: None,
+                tool_calls: calls.clone(),
+            };
+            outcome.messages.push(redacted(rules, &assistant));
+            if first + calls.len() + 1 > max_steps {
                 outcome.status = Status::Failed;
                 outcome.error = Some((
-                    "MODEL_REJECTED_REQUEST".into(),
-                    format!("model {model} rejected the request: {}", error.message),
+                    "MAX_STEPS".into(),
+                    format!(
+                        "the model asked for {} tool call(s) after {first} step(s); max_steps {max_steps} \
+                         leaves no room for them and the model call that reads their results",
+                        calls.len()
+                    ),
                 ));
-                Ok(outcome)
+                return Ok(outcome);
             }
-            _ => Err(ExecError::Unavailable(format!(
-                "no model could serve the request; last error from {model}: {error}"
-            ))),
-        },
-        CallError::CircuitOpen { model, retry_in } => Err(ExecError::Unavailable(format!(
-            "every model is shedding load (circuit open on {model}; retry in {}ms)",
-            retry_in.as_millis()
-        ))),
-        CallError::DeadlineExceeded => Err(ExecError::DeadlineExceeded(
-            "the deadline passed before a model answered".into(),
-        )),
-        CallError::NoModels => Err(ExecError::Unavailable("no model to call".into())),
+            request.messages.push(assistant);
+            let runs = self.run_tools(&calls).await;
+            tools_ran = true;
+            for (i, (tool_call, (run, latency))) in calls.iter().zip(runs).enumerate() {
+                let step = tool_step(step_index(first + i), &run, latency);
+                emit(call, Event::Step(step.clone())).await;
+                outcome.steps.push(step);
+                let message = ChatMessage {
+                    role: Role::Tool,
+                    content: run.content,
+                    tool_call_id: Some(tool_call.id.clone()),
+                    tool_calls: Vec::new(),
+                };
+                outcome.messages.push(redacted(rules, &message));
+                request.messages.push(message);
+            }
+        }
+    }
+
+    /// One model call (streamed when the caller streams): the response or
+    /// why none, and what the chain did.
+    async fn model_call(
+        &self,
+        chain: &[Candidate],
+        request: &ChatRequest,
+        rules: Option<&OutputGuardrails>,
+        index: u32,
+    ) -> (Result<ChatResponse, CallError>, ChainReport) {
+        let reliability = &self.shared.reliability;
+        match &self.call.events {
+            None => {
+                let chained = reliability.chat(chain, request).await;
+                (chained.result, chained.report)
+            }
+            Some(events) => {
+                let chained = reliability.chat_stream(chain, request).await;
+                let result = match chained.result {
+                    Ok(stream) => forward(stream, events, rules, index).await,
+                    Err(error) => Err(error),
+                };
+                (result, chained.report)
+            }
+        }
+    }
+
+    /// Runs one turn's tool calls, concurrently; results in the calls' order.
+    async fn run_tools(&self, calls: &[ToolCall]) -> Vec<(ToolRun, Duration)> {
+        let runs: Vec<_> = calls
+            .iter()
+            .map(|c| timed_run(&self.shared.tools, &self.tools, c))
+            .collect();
+        futures::stream::iter(runs)
+            .buffered(MAX_CONCURRENT_TOOL_CALLS)
+            .collect()
+            .await
+    }
+
+    /// Routing of the last model call; the baseline prices all the tokens.
+    fn route_info(
+        &self,
+        report: &ChainReport,
+        served: &str,
+        model: &Model,
+        usage: Usage,
+    ) -> Option<RouteInfo> {
+        let (call, tenant) = (self.call, self.tenant);
+        call.route.as_ref().map(|route| {
+            let table = call
+                .catalog
+                .routing_table(tenant, &self.agent.routing_table);
+            let models = |name: &str| call.catalog.model(tenant, name);
+            RouteInfo {
+                tier: route.tier.clone(),
+                model: served.to_string(),
+                complexity: route.complexity,
+                explanation: route.explanation.clone(),
+                failed_models: report.failed_models(),
+                baseline_cost: table
+                    .and_then(|table| router::savings(table, &models, model, usage).baseline),
+            }
+        })
     }
 }
+
+async fn timed_run(
+    tools: &Tools,
+    caller: &tools::Caller<'_>,
+    call: &ToolCall,
+) -> (ToolRun, Duration) {
+    let started = Instant::now();
+    let run = tools
+        .run(caller, &call.name, &call.arguments_json, &call.id)
+        .await;
+    (run, started.elapsed())
+}
+
+fn step_index(position: usize) -> u32 {
+    u32::try_from(position).unwrap_or(u32::MAX)
+}
+
+fn tool_step(index: u32, run: &ToolRun, latency: Duration) -> Step {
+    Step {
+        index,
+        kind: StepKind::Tool,
+        name: run.name.clone(),
+        skipped_forensic: run.skipped_forensic,
+        latency,
+        error: run.error.as_ref().map(ToString::to_string),
+        usage: Usage::default(),
+        cost: aios_model::Usd::ZERO,
+    }
+}
+
+async fn emit(call: &Call, event: Event) {
+    if let Some(events) = &call.events {
+        // A caller that went away cancels the request; nothing to do here.
+        let _ = events.send(event).await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -68,12 +68,13 @@ pub struct ActionCriticality {
     pub criticality: Criticality,
 }
 
-/// A tool served by a ToolService.
+/// A tool served by a ToolService, or built into every node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tool {
     /// What the tool does, shown to the model; not blank.
     pub description: String,
-    /// `http(s)://` URL of the ToolService.
+    /// `http(s)://` URL of the ToolService, or [`Tool::BUILTIN`]: a tool
+    /// built into the node, named by `remote_name`.
     pub address: String,
     /// True = skipped in forensic mode and subject to approval.
     pub side_effects: bool,
@@ -83,9 +84,20 @@ pub struct Tool {
     pub parameters_json_schema: String,
     /// Per-call timeout; > 0.
     pub timeout: Duration,
-    /// Name at the ToolService (`metadata.name` when the spec leaves it
-    /// empty).
+    /// Name at the ToolService, or of the built-in (`metadata.name` when
+    /// the spec leaves it empty).
     pub remote_name: String,
+}
+
+impl Tool {
+    /// The `address` of a tool built into the node. Which built-ins exist
+    /// is the node's business: a node NACKs a name it does not have.
+    pub const BUILTIN: &'static str = "builtin";
+
+    /// Whether the node runs this tool itself (no ToolService).
+    pub fn is_builtin(&self) -> bool {
+        self.address == Self::BUILTIN
+    }
 }
 
 pub(crate) fn agent(ctx: &mut Ctx, s: &pb::AgentSpec, path: &str) -> Option<Agent> {
@@ -163,11 +175,21 @@ pub(crate) fn tool(ctx: &mut Ctx, s: &pb::ToolSpec, name: &str, path: &str) -> O
     } else {
         Some(s.description.clone())
     };
-    let address = match validate_http_url(&s.address) {
-        Ok(()) => Some(s.address.clone()),
-        Err(reason) => {
-            ctx.violation(format!("{path}.address"), reason);
-            None
+    let address = if s.address == Tool::BUILTIN {
+        Some(s.address.clone())
+    } else {
+        match validate_http_url(&s.address) {
+            Ok(()) => Some(s.address.clone()),
+            Err(reason) => {
+                ctx.violation(
+                    format!("{path}.address"),
+                    format!(
+                        "{reason}; or '{}' for a tool built into the node",
+                        Tool::BUILTIN
+                    ),
+                );
+                None
+            }
         }
     };
     let schema = if s.parameters_json_schema.trim().is_empty() {

@@ -174,11 +174,38 @@ fn tool_needs_a_description_and_an_address() {
     s.description = "  ".into();
     s.address.clear();
     assert_eq!(fields(&resource(s)), ["tool.description", "tool.address"]);
-    for bad in ["tools.internal:7070", "grpc://tools:7070", "http://"] {
+    for bad in [
+        "tools.internal:7070",
+        "grpc://tools:7070",
+        "http://",
+        "Builtin",
+        " builtin",
+        "builtin:math.evaluate",
+    ] {
         let mut s = tool_spec();
         s.address = bad.into();
         assert_eq!(fields(&resource(s)), ["tool.address"], "{bad}");
     }
+}
+
+#[test]
+fn a_builtin_tool_is_named_by_remote_name() {
+    let t = tool_of(pb::ToolSpec {
+        description: "Evaluates arithmetic".into(),
+        address: "builtin".into(),
+        remote_name: "math.evaluate".into(),
+        ..Default::default()
+    });
+    assert!(t.is_builtin());
+    assert_eq!(t.address, Tool::BUILTIN);
+    assert_eq!(t.remote_name, "math.evaluate");
+    // Without remote_name, the resource's own name names the built-in.
+    let mut s = tool_spec();
+    s.address = "builtin".into();
+    let t = tool_of(s);
+    assert!(t.is_builtin());
+    assert_eq!(t.remote_name, "payments.refund");
+    assert!(!tool_of(tool_spec()).is_builtin());
 }
 
 #[test]

@@ -1,0 +1,167 @@
+//! The model side of the loop: which models to call, streaming their text
+//! to the caller, output redaction, and what a failed model call becomes.
+
+use std::sync::Arc;
+
+use aios_model::{Agent, Model, OutputGuardrails};
+use futures::StreamExt;
+
+use super::Shared;
+use crate::{
+    backend::{ChatEvent, ChatMessage, ChatResponse, ErrorKind},
+    guardrails,
+    pipeline::{
+        call::{Call, Event, Outcome, Status},
+        error::ExecError,
+    },
+    reliability::CallError,
+};
+
+/// A candidate model: its name, settings and backend.
+pub(super) type Resolved = (String, Model, Arc<dyn crate::backend::Backend>);
+
+/// The routed models, resolved to backends; without a route (routing
+/// switched off) the first target of the agent's table.
+pub(super) fn candidates(
+    shared: &Shared,
+    call: &Call,
+    tenant: &str,
+    agent: &Agent,
+) -> Result<Vec<Resolved>, ExecError> {
+    let names: Vec<String> = match &call.route {
+        Some(route) => route.candidates.clone(),
+        None => call
+            .catalog
+            .routing_table(tenant, &agent.routing_table)
+            .and_then(|t| t.tiers.first())
+            .and_then(|tier| tier.targets.first())
+            .map(|target| vec![target.model.clone()])
+            .unwrap_or_default(),
+    };
+    if names.is_empty() {
+        return Err(ExecError::Unavailable(format!(
+            "agent {} has no model to call",
+            call.request.agent
+        )));
+    }
+    let mut resolved = Vec::with_capacity(names.len());
+    let mut unavailable = Vec::new();
+    for name in names {
+        match shared.backends.get(&call.catalog, tenant, &name) {
+            Ok((backend, model)) => resolved.push((name, model, backend)),
+            Err(error) => unavailable.push(error.to_string()),
+        }
+    }
+    if resolved.is_empty() {
+        return Err(ExecError::Unavailable(unavailable.join("; ")));
+    }
+    Ok(resolved)
+}
+
+/// Forwards a streamed answer's text to the caller (redacted when output
+/// guardrails apply: a whole answer is redacted at the end, so streamed
+/// text is held back until then) and returns the whole response.
+pub(super) async fn forward(
+    mut stream: crate::backend::ChatStream,
+    events: &tokio::sync::mpsc::Sender<Event>,
+    rules: Option<&OutputGuardrails>,
+    index: u32,
+) -> Result<ChatResponse, CallError> {
+    let redacting = rules.is_some_and(|r| !guardrails::output_kinds(r).is_empty());
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(ChatEvent::Delta(text)) if !redacting => {
+                let _ = events.send(Event::Token { text, index }).await;
+            }
+            Ok(ChatEvent::Delta(_)) => {}
+            Ok(ChatEvent::Done(response)) => {
+                if redacting && !response.content.is_empty() {
+                    let text = redact(rules, &response.content);
+                    let _ = events.send(Event::Token { text, index }).await;
+                }
+                return Ok(response);
+            }
+            Err(error) => {
+                return Err(CallError::Backend {
+                    model: String::new(),
+                    error,
+                });
+            }
+        }
+    }
+    Err(CallError::Backend {
+        model: String::new(),
+        error: crate::backend::BackendError::new(
+            ErrorKind::Connection,
+            "the stream ended without a final response",
+        ),
+    })
+}
+
+pub(super) fn redact(rules: Option<&OutputGuardrails>, text: &str) -> String {
+    match rules {
+        Some(rules) => guardrails::redact_output(rules, text).0.into_owned(),
+        None => text.to_string(),
+    }
+}
+
+/// `message` as the caller sees it.
+pub(super) fn redacted(rules: Option<&OutputGuardrails>, message: &ChatMessage) -> ChatMessage {
+    ChatMessage {
+        content: redact(rules, &message.content),
+        ..message.clone()
+    }
+}
+
+/// A failed model call. Permanent refusals are outcomes; the rest are
+/// errors, unless a tool has run (see the module documentation):
+/// `after_tools` is then `Some(whether the deadline has passed)`.
+pub(super) fn failure(
+    mut outcome: Outcome,
+    error: CallError,
+    after_tools: Option<bool>,
+) -> Result<Outcome, ExecError> {
+    let error = match error {
+        CallError::Backend { model, error } => match error.kind {
+            ErrorKind::ContentPolicy => {
+                outcome.status = Status::Blocked;
+                outcome.error = Some((
+                    "CONTENT_POLICY".into(),
+                    format!("model {model} refused the content: {}", error.message),
+                ));
+                return Ok(outcome);
+            }
+            ErrorKind::InvalidRequest => {
+                outcome.status = Status::Failed;
+                outcome.error = Some((
+                    "MODEL_REJECTED_REQUEST".into(),
+                    format!("model {model} rejected the request: {}", error.message),
+                ));
+                return Ok(outcome);
+            }
+            _ => ExecError::Unavailable(format!(
+                "no model could serve the request; last error from {model}: {error}"
+            )),
+        },
+        CallError::CircuitOpen { model, retry_in } => ExecError::Unavailable(format!(
+            "every model is shedding load (circuit open on {model}; retry in {}ms)",
+            retry_in.as_millis()
+        )),
+        CallError::DeadlineExceeded => {
+            ExecError::DeadlineExceeded("the deadline passed before a model answered".into())
+        }
+        CallError::NoModels => ExecError::Unavailable("no model to call".into()),
+    };
+    let Some(late) = after_tools else {
+        return Err(error);
+    };
+    let reason = match &error {
+        ExecError::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
+        // A model cut off by the deadline reports a timeout.
+        _ if late => "DEADLINE_EXCEEDED",
+        _ => "MODEL_UNAVAILABLE",
+    };
+    outcome.status = Status::Failed;
+    outcome.error = Some((reason.into(), format!("after tool calls: {error}")));
+    Ok(outcome)
+}
