@@ -258,6 +258,7 @@ async fn an_agent_applied_with_aiosctl_answers_and_a_routing_change_moves_the_ne
     assert!(succeeded(&answer), "{answer:?}");
     assert_eq!(answer.output, "Paris.");
     assert_eq!(answer.model, "a");
+    assert_eq!(answer.trace_id.len(), 32, "a trace was started");
     let usage = answer.usage.unwrap();
     assert!(usage.input_tokens > 0 && usage.output_tokens > 0);
     let expected =
@@ -528,4 +529,47 @@ async fn execute_stream_sends_tokens_then_done() {
     assert_eq!(done.output, "one two three");
     assert!(w.fake.requests()[0].is_stream());
     w.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_gets_the_first_outcome() {
+    let w = world(Settings::default(), |_| {}).await;
+    let keyed = |text: &str, key: &str| {
+        let mut r = request(text);
+        r.idempotency_key = key.into();
+        r.params = Some(pb::GenerationParams {
+            // Not cacheable by coincidence: every call differs but the key.
+            seed: Some(rand_seed(text)),
+            ..Default::default()
+        });
+        r
+    };
+    let first = w
+        .agents
+        .clone()
+        .execute(keyed("refund order 42", "refund-42"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = w
+        .agents
+        .clone()
+        .execute(keyed("refund order 42 (retry)", "refund-42"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.output, first.output);
+    assert_eq!(w.fake.requests().len(), 1, "the retry did not run again");
+    // Another key runs.
+    w.agents
+        .clone()
+        .execute(keyed("refund order 43", "refund-43"))
+        .await
+        .unwrap();
+    assert_eq!(w.fake.requests().len(), 2);
+    w.stop().await;
+}
+
+fn rand_seed(text: &str) -> u64 {
+    text.len() as u64
 }

@@ -58,6 +58,8 @@ pub struct ExecRequest {
     pub constraints: RouteConstraints,
     /// Forensic (dry-run) mode requested.
     pub forensic: bool,
+    /// The caller's idempotency key (empty = none).
+    pub idempotency_key: String,
 }
 
 /// Something an `ExecuteStream` caller sees while the request runs.

@@ -1,7 +1,7 @@
 //! The execution pipeline: one ordered stack of stages per request, built
 //! by [`stage::stack`] (see ARCHITECTURE.md, "One request's path"):
 //!
-//! authenticate → rate limit → input guardrails → policy → route → cache →
+//! authenticate → idempotency → rate limit → input guardrails → policy → route → cache →
 //! agent loop (models through retries, breakers and fallbacks; output
 //! guardrails; cost).
 //!
@@ -16,6 +16,7 @@ pub mod call;
 pub mod catalog;
 pub mod error;
 pub mod guard;
+pub mod idempotency;
 pub mod policy;
 pub mod ratelimit;
 pub mod route;
@@ -99,6 +100,7 @@ impl Pipeline {
         ));
         let stages = stage::StageSet {
             authenticate: stage::StageLayer(Arc::new(authn::Authenticate)),
+            idempotency: stage::StageLayer(Arc::new(idempotency::Idempotency::default())),
             rate_limit: stage::StageLayer(Arc::new(RateLimiter::default())),
             guardrails: stage::StageLayer(Arc::new(guard::InputGuard)),
             policy: stage::StageLayer(Arc::new(policy::PolicyStage)),

@@ -155,6 +155,9 @@ impl Stages {
 pub struct StageSet {
     /// Stage 1.
     pub authenticate: StageLayer<super::authn::Authenticate>,
+    /// Stage 1b: replays answered idempotency keys (no toggle: a no-op
+    /// without a key).
+    pub idempotency: StageLayer<super::idempotency::Idempotency>,
     /// Stage 2.
     pub rate_limit: StageLayer<super::ratelimit::RateLimiter>,
     /// Stage 3.
@@ -183,6 +186,7 @@ where
     BoxCloneSyncService::new(
         ServiceBuilder::new()
             .option_layer(enabled.authenticate.then(|| stages.authenticate.clone()))
+            .layer(stages.idempotency.clone())
             .option_layer(enabled.rate_limit.then(|| stages.rate_limit.clone()))
             .option_layer(enabled.guardrails.then(|| stages.guardrails.clone()))
             .option_layer(enabled.policy.then(|| stages.policy.clone()))

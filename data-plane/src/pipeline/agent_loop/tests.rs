@@ -188,6 +188,7 @@ fn call(catalog: Catalog, input: Input, events: Option<mpsc::Sender<Event>>) -> 
             user: String::new(),
             constraints: Default::default(),
             forensic: false,
+            idempotency_key: String::new(),
         },
         received: now,
         deadline: now + Duration::from_secs(30),
