@@ -163,6 +163,7 @@ pub(crate) fn model_spec() -> pb::ModelSpec {
         context_window_tokens: 128_000,
         max_output_tokens: 16_384,
         timeout: dur(30),
+        api_key_file: String::new(),
     }
 }
 

@@ -573,3 +573,37 @@ async fn a_retry_with_the_same_idempotency_key_gets_the_first_outcome() {
 fn rand_seed(text: &str) -> u64 {
     text.len() as u64
 }
+
+#[tokio::test]
+async fn a_provider_key_from_a_file_is_sent_and_never_returned() {
+    let w = world(Settings::default(), |_| {}).await;
+    let key_file = w._dir.path().join("provider.key");
+    std::fs::write(&key_file, "sk-from-file-123\n").unwrap();
+    w.fake.expect_api_key("sk-from-file-123");
+    let mut keyed = model("a", &w.fake.url(), 0.15);
+    if let Some(Spec::Model(spec)) = keyed.spec.as_mut() {
+        spec.api_key_file = key_file.display().to_string();
+    }
+    let mut admin = w.admin.clone();
+    apply(&mut admin, keyed).await;
+    w.synced().await;
+    let answer = w.ask("hello").await.unwrap();
+    assert!(succeeded(&answer), "{answer:?}");
+    let sent = w.fake.requests();
+    assert_eq!(
+        sent.last().unwrap().header("authorization"),
+        Some("Bearer sk-from-file-123")
+    );
+    // The control plane only ever holds the path.
+    let stored = admin
+        .get(pb::GetRequest {
+            kind: pb::Kind::Model as i32,
+            tenant: "acme".into(),
+            name: "a".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!format!("{stored:?}").contains("sk-from-file"));
+    w.stop().await;
+}

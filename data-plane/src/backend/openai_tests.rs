@@ -224,6 +224,7 @@ fn config_from_a_catalog_model() {
         provider_model: "llama".into(),
         endpoint: Some("http://vllm:8000/v1".into()),
         api_key_env: None,
+        api_key_file: None,
         path: None,
         capabilities: Vec::new(),
         input_price_per_mtok: aios_model::Usd::ZERO,

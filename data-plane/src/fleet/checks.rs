@@ -16,22 +16,38 @@ use aios_model::{FieldViolation, Spec, Validated};
 
 /// Looks up an environment variable; `None` when it is unset.
 type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+/// Reads a file; the error says why it cannot be read.
+type FileLookup = dyn Fn(&str) -> Result<String, String> + Send + Sync;
 
 /// What the checks may ask about the machine the node runs on.
 #[derive(Clone)]
 pub struct Host {
     env: Arc<EnvLookup>,
+    file: Arc<FileLookup>,
 }
 
 impl Host {
-    /// The real machine: this process's environment.
+    /// The real machine: this process's environment and file system.
     pub fn current() -> Self {
         Self::with_env(|name| std::env::var(name).ok())
     }
 
-    /// A machine whose environment is `env` (for tests).
+    /// A machine whose environment is `env` (for tests); files are read
+    /// from the real file system.
     pub fn with_env(env: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
-        Self { env: Arc::new(env) }
+        Self {
+            env: Arc::new(env),
+            file: Arc::new(|path| std::fs::read_to_string(path).map_err(|e| e.to_string())),
+        }
+    }
+
+    /// This machine, with files read by `file` instead (for tests).
+    pub fn with_files(
+        mut self,
+        file: impl Fn(&str) -> Result<String, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.file = Arc::new(file);
+        self
     }
 
     /// The value of environment variable `name`, if set and non-empty.
@@ -59,7 +75,11 @@ impl fmt::Debug for Host {
 type Check = fn(&Host, &Validated, &mut Vec<FieldViolation>);
 
 /// Every node-side check, run in order on each resource.
-const CHECKS: &[Check] = &[model_api_key_is_set, builtin_tool_exists];
+const CHECKS: &[Check] = &[
+    model_api_key_is_set,
+    model_api_key_file_is_readable,
+    builtin_tool_exists,
+];
 
 // === Checks ===
 
@@ -75,6 +95,32 @@ fn model_api_key_is_set(host: &Host, resource: &Validated, out: &mut Vec<FieldVi
         out.push(FieldViolation::new(
             "model.api_key_env",
             format!("environment variable {name} is not set on this node"),
+        ));
+    }
+}
+
+/// A remote model's key file (a mounted secret) must be readable and not
+/// empty on this node. The error never quotes the file's content.
+fn model_api_key_file_is_readable(
+    host: &Host,
+    resource: &Validated,
+    out: &mut Vec<FieldViolation>,
+) {
+    let Spec::Model(model) = &resource.spec else {
+        return;
+    };
+    let Some(path) = model.api_key_file.as_deref() else {
+        return;
+    };
+    let problem = match (host.file)(path) {
+        Ok(key) if key.trim().is_empty() => Some("it is empty".to_string()),
+        Ok(_) => None,
+        Err(error) => Some(error),
+    };
+    if let Some(problem) = problem {
+        out.push(FieldViolation::new(
+            "model.api_key_file",
+            format!("cannot use {path} on this node: {problem}"),
         ));
     }
 }
@@ -125,6 +171,30 @@ mod tests {
                 )]
             );
         }
+    }
+
+    #[test]
+    fn a_model_key_file_must_be_readable_and_not_empty() {
+        let mut resource = model("gpt", 1, "");
+        if let Some(pb::resource::Spec::Model(spec)) = resource.spec.as_mut() {
+            spec.api_key_file = "/run/secrets/openai".into();
+        }
+        let gpt = validated(&resource);
+        let with = |content: Result<&'static str, &'static str>| {
+            host(&[]).with_files(move |_| content.map(String::from).map_err(String::from))
+        };
+        assert_eq!(with(Ok("sk-1\n")).check(&gpt), vec![]);
+        let refused = with(Err("No such file or directory")).check(&gpt);
+        assert_eq!(refused[0].field, "model.api_key_file");
+        assert_eq!(
+            refused[0].description,
+            "cannot use /run/secrets/openai on this node: No such file or directory"
+        );
+        assert!(
+            with(Ok("  \n")).check(&gpt)[0]
+                .description
+                .contains("empty")
+        );
     }
 
     #[test]

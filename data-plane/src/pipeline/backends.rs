@@ -1,7 +1,7 @@
 //! One backend per Model resource, built on first use and rebuilt when the
 //! model's config version changes. Provider keys are read from the node's
-//! environment (the variable the Model names) when the backend is built;
-//! they never leave the node.
+//! environment or a file (the variable or path the Model names) when the
+//! backend is built; they never leave the node.
 
 use std::{
     collections::HashMap,
@@ -42,11 +42,17 @@ impl RemoteProviders {
 
 impl BackendFactory for RemoteProviders {
     fn build(&self, _: &str, name: &str, model: &Model) -> Result<Arc<dyn Backend>, String> {
-        let key = match &model.api_key_env {
-            None => None,
-            Some(var) => Some(ProviderKey::new(std::env::var(var).map_err(|_| {
+        let key = match (&model.api_key_env, &model.api_key_file) {
+            (Some(var), _) => Some(ProviderKey::new(std::env::var(var).map_err(|_| {
                 format!("model {name}: environment variable {var} is not set on this node")
             })?)),
+            (None, Some(path)) => Some(ProviderKey::new(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("model {name}: cannot read {path}: {e}"))?
+                    .trim()
+                    .to_string(),
+            )),
+            (None, None) => None,
         };
         let client = self.client.clone();
         let backend: Arc<dyn Backend> = match model.provider {

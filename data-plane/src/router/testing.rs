@@ -20,6 +20,7 @@ pub(crate) fn model(name: &str, input_price: i64, output_price: i64) -> Model {
         provider_model: name.to_string(),
         endpoint: None,
         api_key_env: None,
+        api_key_file: None,
         path: None,
         capabilities: vec![ModelCapability::Chat, ModelCapability::Tools],
         input_price_per_mtok: Usd::from_micros(input_price),

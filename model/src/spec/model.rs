@@ -34,6 +34,9 @@ pub struct Model {
     /// Environment variable on each node holding the provider's API key
     /// (`[A-Za-z_][A-Za-z0-9_]*`); never set for LOCAL.
     pub api_key_env: Option<String>,
+    /// Absolute path on each node to a file holding the provider key;
+    /// `None` for LOCAL models and keys from the environment.
+    pub api_key_file: Option<String>,
     /// For LOCAL (where it is required): path on the node to a GGUF file or
     /// a model directory. `None` for remote providers.
     pub path: Option<String>,
@@ -131,6 +134,27 @@ pub(crate) fn convert(ctx: &mut Ctx, s: &pb::ModelSpec, name: &str, path: &str) 
             check(ctx, field, &s.api_key_env, validate_env_var)
         },
     );
+    let api_key_file = optional(
+        ctx,
+        &s.api_key_file,
+        &format!("{path}.api_key_file"),
+        |ctx, field| {
+            if s.api_key_file.is_empty() {
+                true
+            } else if local == Some(true) {
+                ctx.violation(field, "must be empty for LOCAL models");
+                false
+            } else if !s.api_key_env.is_empty() {
+                ctx.violation(field, "set api_key_env or api_key_file, not both");
+                false
+            } else if !s.api_key_file.starts_with('/') || s.api_key_file.contains('\0') {
+                ctx.violation(field, "must be an absolute path");
+                false
+            } else {
+                true
+            }
+        },
+    );
     let model_path = optional(ctx, &s.path, &format!("{path}.path"), |ctx, field| {
         match (local, s.path.is_empty()) {
             (Some(true), true) => {
@@ -193,6 +217,7 @@ pub(crate) fn convert(ctx: &mut Ctx, s: &pb::ModelSpec, name: &str, path: &str) 
         provider_model: provider_model?,
         endpoint: endpoint?,
         api_key_env: api_key_env?,
+        api_key_file: api_key_file?,
         path: model_path?,
         capabilities: capabilities?,
         input_price_per_mtok: input_price?,

@@ -145,3 +145,20 @@ fn timeout_is_positive() {
         assert_eq!(fields(&resource(s)), ["model.timeout"]);
     }
 }
+
+#[test]
+fn api_key_file_is_an_absolute_path_and_excludes_api_key_env() {
+    let mut s = model_spec();
+    s.api_key_env.clear();
+    s.api_key_file = "/run/secrets/openai".into();
+    let Spec::Model(m) = validate(&resource(s.clone())).unwrap().spec else {
+        panic!("not a model");
+    };
+    assert_eq!(m.api_key_file.as_deref(), Some("/run/secrets/openai"));
+
+    s.api_key_file = "relative/key".into();
+    assert_eq!(fields(&resource(s.clone())), ["model.api_key_file"]);
+    s.api_key_file = "/run/secrets/openai".into();
+    s.api_key_env = "OPENAI_API_KEY".into();
+    assert_eq!(fields(&resource(s)), ["model.api_key_file"]);
+}
