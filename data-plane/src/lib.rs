@@ -88,6 +88,7 @@ impl DataPlane {
         let stop = CancellationToken::new();
         let catalog = pipeline::CatalogHandle::follow(&node_config, stop.clone());
         let pipeline = pipeline::Pipeline::new(catalog, backends, settings);
+        let http_router = openai::router(pipeline.clone());
         let server = Running::start(ServerSpec {
             plane: PLANE,
             grpc,
@@ -95,7 +96,7 @@ impl DataPlane {
             routes: api::routes(pipeline),
             services: aios_proto::DATA_PLANE_SERVICES,
             gates: vec![(GATE_CONFIG, has_config)],
-            http: Some((http, openai::router())),
+            http: Some((http, http_router)),
         })
         .await?;
         let agent = fleet::Agent::new(

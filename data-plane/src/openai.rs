@@ -1,27 +1,47 @@
 //! The OpenAI-compatible HTTP edge (`--http-listen`), so existing OpenAI
-//! SDKs can call aios unchanged. Errors use OpenAI's JSON error shape,
-//! which those SDKs parse.
+//! SDKs can call aios unchanged: `POST /v1/chat/completions` (with SSE
+//! streaming) runs through the same pipeline as `AgentService.Execute`.
 //!
-//! `/v1/models` lists the models this node serves (none until models are
-//! loaded from config); completions and embeddings go through the same
-//! pipeline as `AgentService` once it lands, and answer 501 until then.
+//! Mapping: the request's `model` names the **agent**; the key goes in
+//! `Authorization: Bearer`. The response's `model` is the model that
+//! answered, and an `aios` object adds cost, cache hit and the routing
+//! decision. Errors use OpenAI's JSON error shape, which those SDKs parse;
+//! a policy refusal is HTTP 403 with the aios reason as `code`.
+//!
+//! `/v1/embeddings` arrives with local inference and answers 501 until then.
+
+use std::{
+    convert::Infallible,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use axum::{
     Json, Router,
-    http::StatusCode,
-    response::{IntoResponse, Response},
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{
+        IntoResponse, Response,
+        sse::{Event as SseEvent, Sse},
+    },
     routing::{get, post},
 };
-use serde_json::json;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::{MetadataMap, MetadataValue};
 
-/// The HTTP router.
-pub fn router() -> Router {
+use crate::{
+    backend::{ChatMessage, Role, ToolCall},
+    pipeline::{Event, ExecError, ExecRequest, Input, Outcome, Params, Pipeline, Status},
+};
+
+/// The HTTP router over `pipeline`.
+pub fn router(pipeline: Pipeline) -> Router {
     Router::new()
         .route("/v1/models", get(list_models))
-        .route(
-            "/v1/chat/completions",
-            post(|| async { not_served("chat completions") }),
-        )
+        .route("/v1/chat/completions", post(chat_completions))
         .route(
             "/v1/embeddings",
             post(|| async { not_served("embeddings") }),
@@ -34,9 +54,10 @@ pub fn router() -> Router {
                 "no such endpoint on this node",
             )
         })
+        .with_state(pipeline)
 }
 
-async fn list_models() -> Json<serde_json::Value> {
+async fn list_models() -> Json<Value> {
     Json(json!({ "object": "list", "data": [] }))
 }
 
@@ -54,4 +75,444 @@ pub fn error(status: StatusCode, kind: &str, code: &str, message: &str) -> Respo
     let body =
         json!({ "error": { "message": message, "type": kind, "param": null, "code": code } });
     (status, Json(body)).into_response()
+}
+
+// === request ===
+
+#[derive(Debug, Deserialize)]
+struct ChatCompletionRequest {
+    model: String,
+    messages: Vec<WireMessage>,
+    #[serde(default)]
+    max_tokens: Option<u32>,
+    #[serde(default)]
+    max_completion_tokens: Option<u32>,
+    #[serde(default)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    top_p: Option<f32>,
+    #[serde(default)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct WireMessage {
+    role: String,
+    #[serde(default)]
+    content: Option<Content>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<WireToolCall>,
+}
+
+/// Text, or content parts of which the text ones are used.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Value>),
+}
+
+#[derive(Debug, Deserialize)]
+struct WireToolCall {
+    id: String,
+    function: WireFunction,
+}
+
+#[derive(Debug, Deserialize)]
+struct WireFunction {
+    name: String,
+    #[serde(default)]
+    arguments: String,
+}
+
+fn exec_request(request: ChatCompletionRequest) -> Result<(ExecRequest, bool), ExecError> {
+    let mut bad = Vec::new();
+    if request.model.is_empty() {
+        bad.push((
+            "model".to_string(),
+            "required: the agent to run".to_string(),
+        ));
+    }
+    if request.messages.is_empty() {
+        bad.push(("messages".to_string(), "at least one message".to_string()));
+    }
+    let mut messages = Vec::with_capacity(request.messages.len());
+    for (i, m) in request.messages.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            other => {
+                bad.push((
+                    format!("messages[{i}].role"),
+                    format!("unknown role '{other}'"),
+                ));
+                continue;
+            }
+        };
+        let content = match m.content {
+            None => String::new(),
+            Some(Content::Text(text)) => text,
+            Some(Content::Parts(parts)) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        messages.push(ChatMessage {
+            role,
+            content,
+            tool_call_id: m.tool_call_id,
+            tool_calls: m
+                .tool_calls
+                .into_iter()
+                .map(|c| ToolCall {
+                    id: c.id,
+                    name: c.function.name,
+                    arguments_json: c.function.arguments,
+                })
+                .collect(),
+        });
+    }
+    let stop = match request.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    if stop.len() > 4 {
+        bad.push(("stop".to_string(), "at most 4 stop sequences".to_string()));
+    }
+    if request
+        .temperature
+        .is_some_and(|t| !(0.0..=2.0).contains(&t))
+    {
+        bad.push((
+            "temperature".to_string(),
+            "must be between 0 and 2".to_string(),
+        ));
+    }
+    if !bad.is_empty() {
+        return Err(ExecError::Invalid(bad));
+    }
+    Ok((
+        ExecRequest {
+            agent: request.model,
+            input: Input::Messages(messages),
+            params: Params {
+                max_tokens: request.max_completion_tokens.or(request.max_tokens),
+                temperature: request.temperature,
+                top_p: request.top_p,
+                stop,
+                seed: request.seed,
+            },
+            user: request.user.unwrap_or_default(),
+            constraints: Default::default(),
+            forensic: false,
+            idempotency_key: String::new(),
+        },
+        request.stream,
+    ))
+}
+
+/// The headers a pipeline call reads (the API key, `traceparent`).
+fn metadata(headers: &HeaderMap) -> MetadataMap {
+    let mut metadata = MetadataMap::new();
+    for name in ["authorization", "x-api-key", "traceparent"] {
+        if let Some(value) = headers
+            .get(name)
+            .and_then(|v| MetadataValue::try_from(v.as_bytes()).ok())
+        {
+            metadata.insert(name, value);
+        }
+    }
+    metadata
+}
+
+// === handler ===
+
+async fn chat_completions(
+    State(pipeline): State<Pipeline>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let request: ChatCompletionRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_json",
+                &format!("the body is not a valid chat completion request: {e}"),
+            );
+        }
+    };
+    let (request, stream) = match exec_request(request) {
+        Ok(parsed) => parsed,
+        Err(e) => return exec_error(e),
+    };
+    let metadata = metadata(&headers);
+    let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
+    if !stream {
+        return match pipeline.execute(metadata, request, None, None).await {
+            Ok(outcome) => completion(&id, outcome),
+            Err(e) => exec_error(e),
+        };
+    }
+    Sse::new(streamed(pipeline, metadata, request, id)).into_response()
+}
+
+/// Runs the request, turning its events into OpenAI chunks; the last chunk
+/// carries the finish reason and usage, then `[DONE]`.
+fn streamed(
+    pipeline: Pipeline,
+    metadata: MetadataMap,
+    request: ExecRequest,
+    id: String,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let (events_tx, mut events_rx) = mpsc::channel::<Event>(64);
+    let (out_tx, out_rx) = mpsc::channel::<SseEvent>(64);
+    let created = now();
+    tokio::spawn(async move {
+        let run = pipeline.execute(metadata, request, None, Some(events_tx));
+        tokio::pin!(run);
+        let chunk = |delta: Value, finish: Value, extra: Option<(&str, Value)>| {
+            let mut body = json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": "",
+                "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+            });
+            if let (Some((key, value)), Some(map)) = (extra, body.as_object_mut()) {
+                map.insert(key.to_string(), value);
+            }
+            SseEvent::default().data(body.to_string())
+        };
+        let first = chunk(
+            json!({ "role": "assistant", "content": "" }),
+            Value::Null,
+            None,
+        );
+        if out_tx.send(first).await.is_err() {
+            return;
+        }
+        let result = loop {
+            tokio::select! {
+                result = &mut run => break result,
+                Some(event) = events_rx.recv() => {
+                    if let Event::Token { text, .. } = event
+                        && out_tx.send(chunk(json!({ "content": text }), Value::Null, None)).await.is_err()
+                    {
+                        return; // the caller went away: dropping `run` cancels it
+                    }
+                }
+            }
+        };
+        while let Ok(event) = events_rx.try_recv() {
+            if let Event::Token { text, .. } = event {
+                let _ = out_tx
+                    .send(chunk(json!({ "content": text }), Value::Null, None))
+                    .await;
+            }
+        }
+        let last = match result {
+            Ok(outcome) => chunk(
+                json!({}),
+                json!(finish_reason(&outcome)),
+                Some(("usage", usage(&outcome))),
+            ),
+            Err(e) => {
+                let (_, body) = error_body(&e);
+                SseEvent::default().data(body.to_string())
+            }
+        };
+        let _ = out_tx.send(last).await;
+        let _ = out_tx.send(SseEvent::default().data("[DONE]")).await;
+    });
+    ReceiverStream::new(out_rx).map(Ok)
+}
+
+// === response ===
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+fn usage(outcome: &Outcome) -> Value {
+    let (input, output) = (outcome.usage.input_tokens, outcome.usage.output_tokens);
+    json!({ "prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output })
+}
+
+fn finish_reason(outcome: &Outcome) -> &'static str {
+    match outcome.status {
+        Status::Succeeded => "stop",
+        Status::Blocked => "content_filter",
+        Status::Failed => "stop",
+    }
+}
+
+fn completion(id: &str, outcome: Outcome) -> Response {
+    if outcome.status != Status::Succeeded {
+        let (reason, message) = outcome
+            .error
+            .clone()
+            .unwrap_or_else(|| ("FAILED".into(), "the agent did not finish".into()));
+        let status = match outcome.status {
+            Status::Blocked => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        return error(status, "aios_policy_error", &reason, &message);
+    }
+    let route = outcome.route.as_ref().map(|r| {
+        json!({ "tier": r.tier, "complexity": format!("{:?}", r.complexity).to_lowercase(),
+                "explanation": r.explanation, "failed_models": r.failed_models })
+    });
+    let body = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": now(),
+        "model": outcome.model,
+        "choices": [{
+            "index": 0,
+            "message": { "role": "assistant", "content": outcome.output },
+            "finish_reason": finish_reason(&outcome),
+        }],
+        "usage": usage(&outcome),
+        "aios": { "cost_usd": outcome.cost.to_f64(), "cache_hit": outcome.cache_hit, "route": route },
+    });
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// The HTTP status and OpenAI-shaped body of a pipeline error.
+fn error_body(e: &ExecError) -> (StatusCode, Value) {
+    let (status, kind, code) = match e {
+        ExecError::Unauthenticated(_) => (
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "invalid_api_key",
+        ),
+        ExecError::PermissionDenied { reason, .. } => {
+            (StatusCode::FORBIDDEN, "permission_error", *reason)
+        }
+        ExecError::Invalid(_) => (
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_request",
+        ),
+        ExecError::NotFound { .. } => (
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "model_not_found",
+        ),
+        ExecError::RateLimited { .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+        ),
+        ExecError::Unavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "model_unavailable",
+        ),
+        ExecError::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, "server_error", "timeout"),
+        ExecError::Internal(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "internal_error",
+        ),
+    };
+    let message = match e {
+        ExecError::Internal(_) => "internal error".to_string(),
+        other => other.to_string(),
+    };
+    (
+        status,
+        json!({ "error": { "message": message, "type": kind, "param": null, "code": code } }),
+    )
+}
+
+fn exec_error(e: ExecError) -> Response {
+    if let ExecError::Internal(detail) = &e {
+        tracing::error!(%detail, "internal error");
+    }
+    let (status, body) = error_body(&e);
+    let mut response = (status, Json(body)).into_response();
+    if let ExecError::RateLimited { retry_after, .. } = &e
+        && let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
+    {
+        response.headers_mut().insert("retry-after", value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn parse(body: Value) -> Result<(ExecRequest, bool), ExecError> {
+        exec_request(serde_json::from_value(body).unwrap())
+    }
+
+    #[test]
+    fn the_model_names_the_agent_and_parts_become_text() {
+        let (request, stream) = parse(json!({
+            "model": "support",
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Hi"}]},
+            ],
+            "max_completion_tokens": 50, "stop": "END", "stream": true, "user": "u-1",
+        }))
+        .unwrap();
+        assert!(stream);
+        assert_eq!(request.agent, "support");
+        assert_eq!(request.params.max_tokens, Some(50));
+        assert_eq!(request.params.stop, ["END"]);
+        assert_eq!(request.user, "u-1");
+        let Input::Messages(messages) = request.input else {
+            panic!("not messages");
+        };
+        assert_eq!(messages[1].content, "Hi");
+        assert_eq!(messages[0].role, Role::System);
+    }
+
+    #[test]
+    fn bad_requests_name_the_field() {
+        let err = parse(json!({"model": "", "messages": [{"role": "robot", "content": "x"}]}))
+            .unwrap_err();
+        let ExecError::Invalid(fields) = err else {
+            panic!("not invalid");
+        };
+        let names: Vec<&str> = fields.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(names, ["model", "messages[0].role"]);
+    }
+
+    #[test]
+    fn rate_limits_are_429_with_the_openai_code() {
+        let (status, body) = error_body(&ExecError::RateLimited {
+            subject: "api_key:acme/ci".into(),
+            description: "2 requests per minute".into(),
+            retry_after: Duration::from_secs(30),
+        });
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    }
 }

@@ -42,6 +42,7 @@ struct World {
     fake: FakeProvider,
     admin: Admin,
     agents: Agents,
+    caller_key: String,
     _dir: tempfile::TempDir,
 }
 
@@ -149,6 +150,7 @@ async fn world(settings: Settings, caller: impl FnOnce(&mut pb::ApiKeySpec)) -> 
         fake,
         admin,
         agents: AgentServiceClient::new(channel),
+        caller_key: secret,
         _dir: dir,
     };
     world.synced().await;
@@ -605,5 +607,67 @@ async fn a_provider_key_from_a_file_is_sent_and_never_returned() {
         .unwrap()
         .into_inner();
     assert!(!format!("{stored:?}").contains("sk-from-file"));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn openai_sdks_call_agents_over_the_http_edge() {
+    let w = world(Settings::default(), |_| {}).await;
+    w.fake.reply(Reply::Text("Bonjour".into()));
+    let key = w.caller_key.clone();
+    let http = w.node.http_addr().unwrap();
+    let auth = format!("Bearer {key}");
+    let body = r#"{"model":"support","messages":[{"role":"user","content":"Say hi in French"}]}"#;
+    let (status, text) = aios_tests::http_post(
+        http,
+        "/v1/chat/completions",
+        &[("Authorization", &auth)],
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+    let reply: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(reply["choices"][0]["message"]["content"], "Bonjour");
+    assert_eq!(reply["model"], "a");
+    assert!(reply["usage"]["total_tokens"].as_u64().unwrap() > 0);
+
+    // Streaming: chunks, then [DONE].
+    let stream =
+        r#"{"model":"support","stream":true,"messages":[{"role":"user","content":"Again"}]}"#;
+    let (status, text) = aios_tests::http_post(
+        http,
+        "/v1/chat/completions",
+        &[("Authorization", &auth)],
+        stream,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("chat.completion.chunk"), "{text}");
+    assert!(text.contains("Bonjour"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // Errors in OpenAI's shape: wrong key, unknown agent.
+    let (status, text) = aios_tests::http_post(
+        http,
+        "/v1/chat/completions",
+        &[("Authorization", "Bearer nope")],
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("invalid_api_key"));
+    let unknown = body.replace("support", "nobody");
+    let (status, _) = aios_tests::http_post(
+        http,
+        "/v1/chat/completions",
+        &[("Authorization", &auth)],
+        &unknown,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 404);
     w.stop().await;
 }
