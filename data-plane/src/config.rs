@@ -76,6 +76,158 @@ pub struct Cli {
     pub node_key_file: Option<PathBuf>,
     #[command(flatten)]
     pub common: CommonArgs,
+    // Last: its help heading would also cover the flags after it.
+    #[command(flatten)]
+    pub execution: ExecutionArgs,
+}
+
+/// How requests run: retries, circuit breakers, the response cache.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[command(next_help_heading = "Execution")]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ExecutionArgs {
+    /// Attempts per model before falling back to the next (default 4).
+    #[arg(long, env = "AIOS_RETRY_ATTEMPTS", value_name = "N")]
+    pub retry_attempts: Option<u32>,
+    /// Share of failed calls, in percent, that opens a model's circuit breaker (default 50).
+    #[arg(long, env = "AIOS_BREAKER_FAILURE_PERCENT", value_name = "PERCENT")]
+    pub breaker_failure_percent: Option<u8>,
+    /// Calls a breaker's window must hold before it may open (default 40).
+    #[arg(long, env = "AIOS_BREAKER_MIN_CALLS", value_name = "N")]
+    pub breaker_min_calls: Option<u32>,
+    /// How far back a breaker counts calls (default 10s).
+    #[arg(long, env = "AIOS_BREAKER_WINDOW", value_name = "DURATION", value_parser = aios_runtime::config::parse_duration)]
+    #[serde(
+        default,
+        deserialize_with = "aios_runtime::config::deserialize_duration"
+    )]
+    pub breaker_window: Option<Duration>,
+    /// How long an open breaker sheds calls before probing (default 30s).
+    #[arg(long, env = "AIOS_BREAKER_OPEN_FOR", value_name = "DURATION", value_parser = aios_runtime::config::parse_duration)]
+    #[serde(
+        default,
+        deserialize_with = "aios_runtime::config::deserialize_duration"
+    )]
+    pub breaker_open_for: Option<Duration>,
+    /// How long cached answers live; 0s turns the cache off (default 5m).
+    #[arg(long, env = "AIOS_CACHE_TTL", value_name = "DURATION", value_parser = aios_runtime::config::parse_duration)]
+    #[serde(
+        default,
+        deserialize_with = "aios_runtime::config::deserialize_duration"
+    )]
+    pub cache_ttl: Option<Duration>,
+    /// Memory the response cache may use, in MiB (default 64).
+    #[arg(long, env = "AIOS_CACHE_MAX_MIB", value_name = "MIB")]
+    pub cache_max_mib: Option<u32>,
+}
+
+/// Validated execution settings (see [`ExecutionArgs`] for each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Execution {
+    /// Attempts per model, ≥ 1.
+    pub retry_attempts: u32,
+    /// 1-100.
+    pub breaker_failure_percent: u8,
+    /// ≥ 1.
+    pub breaker_min_calls: u32,
+    /// > 0.
+    pub breaker_window: Duration,
+    /// > 0.
+    pub breaker_open_for: Duration,
+    /// 0 = no cache.
+    pub cache_ttl: Duration,
+    /// Bytes.
+    pub cache_max_bytes: usize,
+}
+
+impl Default for Execution {
+    fn default() -> Self {
+        Self {
+            retry_attempts: 4,
+            breaker_failure_percent: 50,
+            breaker_min_calls: 40,
+            breaker_window: Duration::from_secs(10),
+            breaker_open_for: Duration::from_secs(30),
+            cache_ttl: Duration::from_secs(300),
+            cache_max_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Execution {
+    /// Flags over file over defaults, each checked.
+    fn resolve(flags: ExecutionArgs, file: Option<ExecutionArgs>) -> Result<Self, ConfigError> {
+        let file = file.unwrap_or_default();
+        let d = Self::default();
+        let positive = |setting: &'static str, value: Duration| {
+            if value.is_zero() {
+                Err(ConfigError::invalid(
+                    setting,
+                    "0s",
+                    "must be greater than zero",
+                ))
+            } else {
+                Ok(value)
+            }
+        };
+        let attempts = flags
+            .retry_attempts
+            .or(file.retry_attempts)
+            .unwrap_or(d.retry_attempts);
+        if !(1..=10).contains(&attempts) {
+            return Err(ConfigError::invalid(
+                "--retry-attempts",
+                attempts,
+                "must be 1-10",
+            ));
+        }
+        let percent = flags
+            .breaker_failure_percent
+            .or(file.breaker_failure_percent)
+            .unwrap_or(d.breaker_failure_percent);
+        if !(1..=100).contains(&percent) {
+            return Err(ConfigError::invalid(
+                "--breaker-failure-percent",
+                percent,
+                "must be 1-100",
+            ));
+        }
+        let min_calls = flags
+            .breaker_min_calls
+            .or(file.breaker_min_calls)
+            .unwrap_or(d.breaker_min_calls);
+        if min_calls == 0 {
+            return Err(ConfigError::invalid(
+                "--breaker-min-calls",
+                0,
+                "must be at least 1",
+            ));
+        }
+        Ok(Self {
+            retry_attempts: attempts,
+            breaker_failure_percent: percent,
+            breaker_min_calls: min_calls,
+            breaker_window: positive(
+                "--breaker-window",
+                flags
+                    .breaker_window
+                    .or(file.breaker_window)
+                    .unwrap_or(d.breaker_window),
+            )?,
+            breaker_open_for: positive(
+                "--breaker-open-for",
+                flags
+                    .breaker_open_for
+                    .or(file.breaker_open_for)
+                    .unwrap_or(d.breaker_open_for),
+            )?,
+            cache_ttl: flags.cache_ttl.or(file.cache_ttl).unwrap_or(d.cache_ttl),
+            cache_max_bytes: flags
+                .cache_max_mib
+                .or(file.cache_max_mib)
+                .map_or(d.cache_max_bytes, |mib| (mib as usize) << 20),
+        })
+    }
 }
 
 /// Keys accepted in the `--config` file.
@@ -92,6 +244,7 @@ struct FileConfig {
     labels: Option<BTreeMap<String, String>>,
     state_dir: Option<PathBuf>,
     node_key_file: Option<PathBuf>,
+    execution: Option<ExecutionArgs>,
     log: Option<String>,
     log_format: Option<LogFormat>,
     #[serde(
@@ -119,6 +272,8 @@ pub struct Config {
     /// The key this node presents to the control plane (`x-api-key`);
     /// `None` = none (the control plane will refuse the config stream).
     pub node_key: Option<Secret>,
+    /// Retries, circuit breakers and the response cache.
+    pub execution: Execution,
     /// Logging and shutdown.
     pub process: ProcessConfig,
 }
@@ -196,6 +351,7 @@ impl Config {
                 cli.node_key_file.or(file.node_key_file),
                 std::env::var("AIOS_NODE_KEY").ok(),
             )?,
+            execution: Execution::resolve(cli.execution, file.execution)?,
             process: ProcessConfig::resolve(&cli.common, &common)?,
         };
         prepare_state_dir(&config.state_dir)?;
@@ -219,6 +375,7 @@ impl Config {
             },
             state_dir,
             node_key: None,
+            execution: Execution::default(),
             process: ProcessConfig::default(),
         }
     }
@@ -456,6 +613,59 @@ mod tests {
                 .contains("label value")
         );
         assert!("example.com/tier=gpu".parse::<Label>().is_ok());
+    }
+
+    #[test]
+    fn the_documented_example_config_parses() {
+        let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/config/data-plane.yaml");
+        let file: FileConfig = aios_runtime::config::load_file(&example).unwrap();
+        let execution = Execution::resolve(ExecutionArgs::default(), file.execution).unwrap();
+        assert_eq!(
+            execution,
+            Execution::default(),
+            "the example shows the defaults"
+        );
+    }
+
+    #[test]
+    fn execution_settings_merge_flags_over_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let file = dir.path().join("dp.yaml");
+        std::fs::write(
+            &file,
+            "execution:\n  retry-attempts: 2\n  breaker-open-for: 5s\n  cache-ttl: 0s\n",
+        )
+        .unwrap();
+        let config = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--retry-attempts",
+            "3",
+            "--breaker-failure-percent",
+            "80",
+        ])
+        .unwrap();
+        let e = config.execution;
+        assert_eq!(e.retry_attempts, 3, "the flag wins");
+        assert_eq!(e.breaker_failure_percent, 80);
+        assert_eq!(e.breaker_open_for, Duration::from_secs(5));
+        assert_eq!(e.cache_ttl, Duration::ZERO);
+        assert_eq!(e.breaker_min_calls, 40, "default");
+        for (flag, value) in [
+            ("--retry-attempts", "0"),
+            ("--breaker-failure-percent", "101"),
+            ("--breaker-min-calls", "0"),
+            ("--breaker-window", "0s"),
+        ] {
+            let err = parse(&["--state-dir", state.to_str().unwrap(), flag, value])
+                .unwrap_err()
+                .one_line();
+            assert!(err.contains(flag), "{err}");
+        }
     }
 
     #[test]

@@ -57,7 +57,7 @@ impl DataPlane {
                 e,
             )))
         })?;
-        Self::start_with(config, Arc::new(providers), pipeline::Settings::default()).await
+        Self::start_with(config, Arc::new(providers), settings(&config.execution)).await
     }
 
     /// [`DataPlane::start`] with models built by `backends` and the
@@ -158,5 +158,30 @@ impl DataPlane {
         grace: Duration,
     ) -> Drain {
         aios_runtime::server::run_until_signal(signals, grace, |grace| self.shutdown(grace)).await
+    }
+}
+
+/// The pipeline's settings from the node's execution flags.
+fn settings(execution: &config::Execution) -> pipeline::Settings {
+    let defaults = pipeline::Settings::default();
+    pipeline::Settings {
+        cache_ttl: execution.cache_ttl,
+        cache_max_bytes: execution.cache_max_bytes,
+        retry: reliability::RetryPolicy {
+            max_attempts: execution.retry_attempts,
+            ..defaults.retry
+        },
+        breakers: reliability::BreakerConfig {
+            failure_rate: f64::from(execution.breaker_failure_percent) / 100.0,
+            min_calls: execution.breaker_min_calls,
+            window: execution.breaker_window,
+            open_for: execution.breaker_open_for,
+            ..defaults.breakers
+        },
+        stages: pipeline::Stages {
+            cache: !execution.cache_ttl.is_zero(),
+            ..pipeline::Stages::ALL
+        },
+        ..defaults
     }
 }
