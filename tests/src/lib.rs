@@ -8,6 +8,8 @@ pub mod etcd;
 
 pub mod admin;
 
+pub mod bench;
+
 pub mod fake_provider;
 
 pub mod fleet;

@@ -252,13 +252,12 @@ impl Conversation<'_> {
         messages: &[ChatMessage],
     ) -> Result<Outcome, ExecError> {
         let (shared, call, agent) = (self.shared, self.call, self.agent);
-        let output_rules = agent
+        let rules = agent
             .policy
             .as_deref()
             .and_then(|name| call.catalog.policy(self.tenant, name))
-            .map(|policy| policy.output.clone())
+            .map(|policy| &policy.output)
             .filter(|_| shared.guardrails);
-        let rules = output_rules.as_ref();
         let candidates = candidates(shared, call, self.tenant, agent)?;
         let mut conversation = Vec::with_capacity(messages.len() + 1);
         if !agent.system_prompt.is_empty() {

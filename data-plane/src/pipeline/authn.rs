@@ -2,6 +2,8 @@
 //! in the node's config (keys reach nodes as hashes with the rest of the
 //! config, so no control-plane call is on the request path).
 
+use std::fmt;
+
 use aios_model::{RateLimit, Role};
 use tonic::metadata::MetadataMap;
 
@@ -70,7 +72,7 @@ pub fn authenticate(
     let (applied, key) = catalog
         .key_by_hash(&hash)
         .ok_or_else(|| ExecError::Unauthenticated("invalid API key".into()))?;
-    let name = format!("{}/{}", applied.validated.tenant, applied.validated.name);
+    let name = KeyName(&applied.validated.tenant, &applied.validated.name);
     if key.disabled {
         return Err(ExecError::Unauthenticated(format!(
             "API key {name} is disabled"
@@ -109,6 +111,16 @@ pub fn authenticate(
         allowed_agents: key.allowed_agents.clone(),
         user,
     })
+}
+
+/// A key's display name, `tenant/name`: formatted only into a refusal,
+/// never on the way of an accepted request.
+struct KeyName<'a>(&'a str, &'a str);
+
+impl fmt::Display for KeyName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
+    }
 }
 
 #[cfg(test)]
@@ -171,7 +183,7 @@ mod tests {
         ));
         assert!(matches!(
             code(&metadata("off")),
-            ExecError::Unauthenticated(m) if m.contains("disabled")
+            ExecError::Unauthenticated(m) if m == "API key acme/off is disabled"
         ));
         assert!(matches!(
             code(&metadata("old")),

@@ -74,7 +74,9 @@ impl BackendFactory for RemoteProviders {
     }
 }
 
-type Built = HashMap<String, HashMap<String, (i64, Arc<dyn Backend>)>>;
+/// By tenant and model name: the config version built, the backend, and
+/// the model's settings (shared, so a request takes them without a copy).
+type Built = HashMap<String, HashMap<String, (i64, Arc<dyn Backend>, Arc<Model>)>>;
 
 /// The node's backends, by tenant and model name.
 #[derive(Debug)]
@@ -92,13 +94,14 @@ impl Backends {
         }
     }
 
-    /// The backend of model `name` in `tenant`, as the catalog has it now.
+    /// The backend of model `name` in `tenant` and its settings, as the
+    /// catalog has them now.
     pub fn get(
         &self,
         catalog: &Catalog,
         tenant: &str,
         name: &str,
-    ) -> Result<(Arc<dyn Backend>, Model), ExecError> {
+    ) -> Result<(Arc<dyn Backend>, Arc<Model>), ExecError> {
         let applied = catalog
             .get(aios_model::Kind::Model, tenant, name)
             .ok_or_else(|| ExecError::Unavailable(format!("model {name} is not on this node")))?;
@@ -106,19 +109,20 @@ impl Backends {
             return Err(ExecError::Internal(format!("{name} is not a model")));
         };
         let mut built = self.built.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((version, backend)) = built.get(tenant).and_then(|m| m.get(name))
+        if let Some((version, backend, settings)) = built.get(tenant).and_then(|m| m.get(name))
             && *version == applied.version
         {
-            return Ok((backend.clone(), model.clone()));
+            return Ok((backend.clone(), settings.clone()));
         }
         let backend = self
             .factory
             .build(tenant, name, model)
             .map_err(ExecError::Unavailable)?;
-        built
-            .entry(tenant.to_string())
-            .or_default()
-            .insert(name.to_string(), (applied.version, backend.clone()));
-        Ok((backend, model.clone()))
+        let settings = Arc::new(model.clone());
+        built.entry(tenant.to_string()).or_default().insert(
+            name.to_string(),
+            (applied.version, backend.clone(), settings.clone()),
+        );
+        Ok((backend, settings))
     }
 }

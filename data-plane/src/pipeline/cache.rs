@@ -6,14 +6,17 @@
 //! - **Tenant isolation**: the tenant is part of the key verbatim, and a hit
 //!   compares the whole normalised request, not only its hash, so neither a
 //!   hash collision nor anything else can serve one tenant another's answer.
+//!   (The hash, foldhash seeded per process, only picks shard and bucket.)
+//! - **Cost**: the key is written once, into one buffer sized up front, and
+//!   moved into the cache on a miss; an answer is copied once, when stored.
 //! - **Bounds**: entries expire after the TTL; total size (keys plus values,
 //!   as the caller measures them) stays under a byte budget, evicting the
 //!   oldest entries first. Shards keep lock hold times short.
 
 use std::{
     collections::{HashMap, VecDeque},
-    hash::{DefaultHasher, Hash, Hasher},
-    sync::{Arc, Mutex},
+    hash::BuildHasher,
+    sync::{Arc, LazyLock, Mutex},
     time::Duration,
 };
 
@@ -27,13 +30,26 @@ use super::{
 
 const SHARDS: usize = 16;
 
-/// Builds the normalised form of a request, field by field.
+/// Hashes keys (a few hundred bytes each) for shards and buckets: foldhash,
+/// seeded per process, is several times faster than SipHash there. A hit
+/// still compares the whole request, so a collision only costs time.
+static KEY_HASH: LazyLock<foldhash::quality::RandomState> = LazyLock::new(Default::default);
+
+/// Builds the normalised form of a request, field by field, in one buffer.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KeyBuilder {
     bytes: Vec<u8>,
 }
 
 impl KeyBuilder {
+    /// A builder with room for about `bytes` of fields (no regrowing on the
+    /// way when the estimate holds).
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+        }
+    }
+
     /// Adds a field verbatim (names, versions, parameters).
     pub fn field(&mut self, value: impl AsRef<[u8]>) -> &mut Self {
         let value = value.as_ref();
@@ -43,30 +59,70 @@ impl KeyBuilder {
         self
     }
 
-    /// Adds text with surrounding whitespace trimmed and inner runs of
-    /// whitespace collapsed to one space.
-    pub fn text(&mut self, value: &str) -> &mut Self {
-        let mut normalised = String::with_capacity(value.len());
-        for word in value.split_whitespace() {
-            if !normalised.is_empty() {
-                normalised.push(' ');
+    /// Adds a field that may be absent; absent and empty differ.
+    pub fn optional(&mut self, value: Option<impl AsRef<[u8]>>) -> &mut Self {
+        match value {
+            None => {
+                self.bytes.push(0);
+                self
             }
-            normalised.push_str(word);
+            Some(value) => {
+                self.bytes.push(1);
+                self.field(value)
+            }
         }
-        self.field(normalised)
     }
 
-    /// The key for `tenant`.
-    pub fn build(&self, tenant: &str) -> CacheKey {
-        let mut hasher = DefaultHasher::new();
-        tenant.hash(&mut hasher);
-        self.bytes.hash(&mut hasher);
+    /// Adds text with surrounding whitespace trimmed and inner runs of
+    /// whitespace (Unicode's, as [`str::split_whitespace`]) collapsed to one
+    /// space, written straight into the key.
+    pub fn text(&mut self, value: &str) -> &mut Self {
+        let at = self.bytes.len();
+        self.bytes.extend_from_slice(&[0; 8]);
+        let start = self.bytes.len();
+        if is_normal(value.as_bytes()) {
+            // Most texts: one line, single spaces; copied as they are.
+            self.bytes.extend_from_slice(value.as_bytes());
+        } else {
+            for word in value.split_whitespace() {
+                if self.bytes.len() > start {
+                    self.bytes.push(b' ');
+                }
+                self.bytes.extend_from_slice(word.as_bytes());
+            }
+        }
+        let len = (self.bytes.len() - start) as u64;
+        self.bytes[at..start].copy_from_slice(&len.to_le_bytes());
+        self
+    }
+
+    /// The key for `tenant`. Takes the fields (the builder is left empty):
+    /// the key owns them without a copy.
+    pub fn build(&mut self, tenant: &str) -> CacheKey {
+        let request = std::mem::take(&mut self.bytes);
         CacheKey {
             tenant: tenant.to_string(),
-            hash: hasher.finish(),
-            request: self.bytes.clone(),
+            hash: KEY_HASH.hash_one((tenant, &request)),
+            request,
         }
     }
+}
+
+/// Whether `text` is already whitespace-normalised: ASCII, no whitespace
+/// but single spaces between words. One pass without branches on the
+/// bytes' values (they alternate too often between words and spaces).
+fn is_normal(text: &[u8]) -> bool {
+    let mut space = true; // as if after a space: a leading one is not normal
+    let mut normal = true;
+    for &b in text {
+        let is_space = b == b' ';
+        // Other ASCII whitespace (tab, line feed, vertical tab, form feed,
+        // carriage return), or non-ASCII (which may be whitespace).
+        let other = b.wrapping_sub(0x09) < 5 || b >= 0x80;
+        normal &= !(other || (is_space && space));
+        space = is_space;
+    }
+    (normal && !space) || text.is_empty()
 }
 
 /// A cache key: the tenant, and the whole normalised request.
@@ -106,7 +162,7 @@ pub struct ResponseCache<V> {
 
 #[derive(Debug)]
 struct Shard<V> {
-    entries: HashMap<u64, Vec<Entry<V>>>,
+    entries: HashMap<u64, Vec<Entry<V>>, foldhash::fast::RandomState>,
     /// Insertion order, for eviction: (hash, inserted). Within a bucket
     /// entries are in insertion order too, so a slot evicts its bucket's first.
     order: VecDeque<(u64, Instant)>,
@@ -126,7 +182,7 @@ struct Entry<V> {
 impl<V> Default for Shard<V> {
     fn default() -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             order: VecDeque::new(),
             bytes: 0,
             hits: 0,
@@ -285,30 +341,67 @@ fn key_of(call: &Call) -> Option<CacheKey> {
         .catalog
         .get(aios_model::Kind::Agent, call.tenant(), &call.request.agent)?;
     let params = &call.request.params;
-    let mut key = KeyBuilder::default();
+    // Each field adds its 8-byte length; the estimate need not be exact.
+    let size = 128
+        + call.request.agent.len()
+        + route.model().len()
+        + params.stop.iter().map(|s| s.len() + 8).sum::<usize>()
+        + messages
+            .iter()
+            .map(|m| {
+                32 + m.content.len()
+                    + m.tool_call_id.as_ref().map_or(0, String::len)
+                    + m.tool_calls
+                        .iter()
+                        .map(|c| 24 + c.id.len() + c.name.len() + c.arguments_json.len())
+                        .sum::<usize>()
+            })
+            .sum::<usize>();
+    let mut key = KeyBuilder::with_capacity(size);
     key.field(&call.request.agent)
         .field(agent.version.to_le_bytes())
         .field(route.model())
-        .field(format!(
-            "{:?}|{:?}|{:?}|{:?}|{:?}",
-            params.max_tokens,
-            params.temperature.map(f32::to_bits),
-            params.top_p.map(f32::to_bits),
-            params.stop,
-            params.seed
-        ));
+        .optional(params.max_tokens.map(u32::to_le_bytes))
+        .optional(params.temperature.map(|t| t.to_bits().to_le_bytes()))
+        .optional(params.top_p.map(|p| p.to_bits().to_le_bytes()))
+        .optional(params.seed.map(u64::to_le_bytes))
+        .field((params.stop.len() as u64).to_le_bytes());
+    for stop in &params.stop {
+        key.field(stop);
+    }
+    key.field((messages.len() as u64).to_le_bytes());
     for message in messages {
-        key.field([message.role as u8]).text(&message.content);
+        key.field([message.role as u8])
+            .text(&message.content)
+            .field((message.tool_calls.len() as u64).to_le_bytes());
         for tool_call in &message.tool_calls {
             key.field(&tool_call.id)
                 .field(&tool_call.name)
                 .field(&tool_call.arguments_json);
         }
-        if let Some(id) = &message.tool_call_id {
-            key.field(id);
-        }
+        key.optional(message.tool_call_id.as_ref());
     }
     Some(key.build(call.tenant()))
+}
+
+/// What the cache keeps of an answer: what a hit serves (no usage or
+/// steps: nothing runs on a hit) and the first run's cost, which a hit
+/// saves. Copied once, here; the request's own outcome goes on outward.
+fn cached(outcome: &Outcome) -> Outcome {
+    Outcome {
+        status: outcome.status,
+        output: outcome.output.clone(),
+        messages: outcome.messages.clone(),
+        model: outcome.model.clone(),
+        usage: Default::default(),
+        cost: outcome.cost,
+        cache_hit: true,
+        route: outcome.route.clone(),
+        steps: Vec::new(),
+        forensic: outcome.forensic,
+        criticality: outcome.criticality,
+        error: outcome.error.clone(),
+    }
 }
 
 impl Stage for CacheStage {
@@ -323,10 +416,7 @@ impl Stage for CacheStage {
                     .increment(hit.cost.micros().max(0) as u64);
                 let mut outcome = (*hit).clone();
                 // Nothing was spent this time.
-                outcome.cache_hit = true;
                 outcome.cost = aios_model::Usd::ZERO;
-                outcome.usage = Default::default();
-                outcome.steps.clear();
                 Ok(Flow::Done(Box::new(outcome)))
             }
             None => {
@@ -337,8 +427,9 @@ impl Stage for CacheStage {
         }
     }
 
-    fn after(&self, call: &Call, outcome: &mut Outcome) {
-        let Some(key) = &call.cache_key else {
+    fn after(&self, call: &mut Call, outcome: &mut Outcome) {
+        // The key moves into the cache: the call is done with it.
+        let Some(key) = call.cache_key.take() else {
             return;
         };
         // Only plain answers: a run that called tools may have had effects.
@@ -354,7 +445,7 @@ impl Stage for CacheStage {
                     .sum::<usize>()
                 + 256;
             self.cache
-                .put(key.clone(), Arc::new(outcome.clone()), size, Instant::now());
+                .put(key, Arc::new(cached(outcome)), size, Instant::now());
         }
     }
 }
@@ -389,6 +480,38 @@ mod tests {
         assert!(cache.get(&key("acme", "What is 2+3?"), now).is_none());
         let stats = cache.stats();
         assert_eq!((stats.hits, stats.misses, stats.entries), (1, 2, 1));
+    }
+
+    #[test]
+    fn text_is_the_words_with_one_space_between() {
+        // Against the definition, on texts made of words and every kind of
+        // whitespace (ASCII, Unicode, and look-alikes that are not).
+        let pieces = [
+            "a", "bc", "é", "日本", " ", "  ", "\t", "\n", "\r\n", "\u{0B}", "\u{0C}", "\u{85}",
+            "\u{A0}", "\u{2003}", "\u{3000}", "\u{1C}", "\u{200B}",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for _ in 0..5_000 {
+            let mut text = String::new();
+            for _ in 0..state % 12 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                text.push_str(pieces[(state % pieces.len() as u64) as usize]);
+            }
+            let words: Vec<&str> = text.split_whitespace().collect();
+            let expected = KeyBuilder::default().field(words.join(" ")).build("t");
+            let got = KeyBuilder::default().text(&text).build("t");
+            assert_eq!(got, expected, "{text:?}");
+            state = state.wrapping_add(1);
+        }
+    }
+
+    #[test]
+    fn absent_and_empty_fields_differ() {
+        let absent = KeyBuilder::default().optional(None::<&str>).build("t");
+        let empty = KeyBuilder::default().optional(Some("")).build("t");
+        assert_ne!(absent, empty);
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl Stage for Idempotency {
         }
     }
 
-    fn after(&self, call: &Call, outcome: &mut Outcome) {
+    fn after(&self, call: &mut Call, outcome: &mut Outcome) {
         let Some(key) = key_of(call) else {
             return;
         };

@@ -184,7 +184,7 @@ impl Stage for RateLimiter {
         Ok(Flow::Continue)
     }
 
-    fn after(&self, call: &Call, outcome: &mut Outcome) {
+    fn after(&self, call: &mut Call, outcome: &mut Outcome) {
         if let Some(caller) = &call.caller {
             let used = outcome.usage.input_tokens + outcome.usage.output_tokens;
             self.charge_tokens(caller, used, Instant::now());

@@ -43,8 +43,9 @@ pub trait Stage: Send + Sync + 'static {
     fn before(&self, call: &mut Call) -> Result<Flow, ExecError>;
 
     /// Runs after the inner stages, on their outcome (also when this
-    /// stage's own `before` ended the request).
-    fn after(&self, _call: &Call, _outcome: &mut Outcome) {}
+    /// stage's own `before` ended the request); it may take back what its
+    /// `before` left in the call (the cache key).
+    fn after(&self, _call: &mut Call, _outcome: &mut Outcome) {}
 }
 
 /// The pipeline as one service.
@@ -114,7 +115,7 @@ where
                 },
                 Flow::Continue => inner.call(call).await?,
             };
-            stage.after(&ran.call, &mut ran.outcome);
+            stage.after(&mut ran.call, &mut ran.outcome);
             Ok(ran)
         })
     }

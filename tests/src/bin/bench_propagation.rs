@@ -34,6 +34,7 @@ use aios_proto::v1::{
 use aios_runtime::cli::{EXIT_FAILURE, exit_config, exit_with};
 use aios_tests::{
     admin::{ADMIN_KEY, budget, tenant},
+    bench::{self, Args, Machine, ms, positive, positive_list},
     control_plane_args,
 };
 use anyhow::{Context, Result, anyhow, bail};
@@ -77,33 +78,14 @@ fn parse_args() -> Options {
         store: "embedded".into(),
         json: false,
     };
-    let mut args = std::env::args().skip(1);
+    let mut args = Args::from_env();
     while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .unwrap_or_else(|| exit_config(&format!("{arg} needs a value")))
-        };
+        let mut value = || args.value(&arg);
         match arg.as_str() {
             "--nodes" => {
-                let list = value();
-                options.nodes = list
-                    .split(',')
-                    .map(|n| n.trim().parse::<usize>().ok().filter(|n| *n > 0))
-                    .collect::<Option<Vec<_>>>()
-                    .unwrap_or_else(|| {
-                        exit_config(&format!(
-                            "--nodes {list}: expected positive numbers, e.g. 10,100,1000"
-                        ))
-                    });
+                options.nodes = positive_list(&arg, &value(), "positive numbers, e.g. 10,100,1000");
             }
-            "--rounds" => {
-                let text = value();
-                options.rounds = text
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .unwrap_or_else(|| exit_config(&format!("--rounds {text}: expected N > 0")));
-            }
+            "--rounds" => options.rounds = positive(&arg, &value()),
             "--store" => {
                 let store = value();
                 if store != "embedded" && !store.starts_with("etcd://") {
@@ -640,42 +622,9 @@ fn budget_round(round: usize) -> pb::Resource {
 
 // === Report ===
 
-/// Where the numbers were taken.
-#[derive(Debug)]
-struct Machine {
-    nproc: usize,
-    cpu: String,
-}
-
-impl Machine {
-    fn read() -> Self {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|info| {
-                info.lines()
-                    .find(|line| line.starts_with("model name"))
-                    .and_then(|line| line.split_once(':'))
-                    .map(|(_, model)| model.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown".into());
-        Self {
-            nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            cpu,
-        }
-    }
-}
-
-fn ms(duration: Duration) -> f64 {
-    duration.as_secs_f64() * 1000.0
-}
-
 /// Nearest-rank percentile of sorted samples, in ms (`p` = 1.0: the max).
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    ms(sorted[index])
+    ms(bench::percentile(sorted, p))
 }
 
 fn report(outcomes: &[Outcome], options: &Options, machine: &Machine) {

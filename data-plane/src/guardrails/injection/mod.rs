@@ -13,7 +13,8 @@
 //! same rules flag). Weights combine as independent evidence into a score
 //! in `[0, 1)`; at or above [`INJECTION_THRESHOLD`] the text is an
 //! injection attempt. The names of the rules that fired are the
-//! explanation.
+//! explanation. Most texts never reach the rules: a precheck
+//! (`precheck.rs`) finds none of the literal anchors every rule needs.
 //!
 //! Ordinary requests that mention instructions ("what are the instructions
 //! for this desk?", "ignore the noise in this data") fire nothing: the
@@ -21,6 +22,7 @@
 //! an unmistakable marker.
 
 mod normalize;
+mod precheck;
 mod rules;
 
 use std::fmt;
@@ -139,9 +141,22 @@ fn signal(rule: &Rule) -> InjectionSignal {
 }
 
 fn assess(text: &str, decode: bool) -> InjectionAssessment {
+    let norm = normalize::normalize(text);
+    // Most texts: no rule can fire (see `precheck.rs`), and the rule
+    // automata need not run.
+    if let Some(precheck) = &COMPILED.precheck
+        && !precheck.could_fire(text, &norm)
+    {
+        return InjectionAssessment::default();
+    }
+    run_rules(text, &norm, decode)
+}
+
+/// Every rule on `text` (normalised as `norm`), and with `decode` on its
+/// base64 payloads.
+fn run_rules(text: &str, norm: &normalize::Normalized, decode: bool) -> InjectionAssessment {
     let compiled = &*COMPILED;
     let mut signals = Vec::new();
-    let norm = normalize::normalize(text);
     if let Some(set) = &compiled.words {
         let hits = set.matches(norm.words.as_bytes());
         signals.extend(hits.iter().map(|i| signal(&WORD_RULES[i])));

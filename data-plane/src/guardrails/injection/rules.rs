@@ -26,6 +26,7 @@ use super::InjectionCategory::{
     RoleInjection,
 };
 use super::normalize::fold_pattern;
+use super::precheck::Precheck;
 
 /// One rule.
 #[derive(Debug)]
@@ -463,6 +464,8 @@ pub(super) struct Compiled {
     /// Indices into `WORD_RULES` of the squashed patterns, in order.
     pub(super) squashed: Option<(BytesRegexSet, Vec<usize>)>,
     pub(super) raw: Option<RegexSet>,
+    /// What says most texts need none of the above (see `precheck.rs`).
+    pub(super) precheck: Option<Precheck>,
 }
 
 impl std::fmt::Debug for Compiled {
@@ -471,6 +474,7 @@ impl std::fmt::Debug for Compiled {
             .field("words", &self.words.is_some())
             .field("squashed", &self.squashed.is_some())
             .field("raw", &self.raw.is_some())
+            .field("precheck", &self.precheck.is_some())
             .finish()
     }
 }
@@ -516,9 +520,11 @@ pub(super) static COMPILED: LazyLock<Compiled> = LazyLock::new(|| {
     .ok()
     .map(|set| (set, squash_idx));
     let raw = RegexSet::new(RAW_RULES.iter().map(|r| r.pattern)).ok();
+    let precheck = Precheck::new(WORD_RULES.iter().map(|r| word_pattern(r.pattern)));
     Compiled {
         words,
         squashed,
         raw,
+        precheck,
     }
 });

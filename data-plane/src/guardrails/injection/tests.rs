@@ -374,3 +374,131 @@ fn adversarial_inputs_finish() {
             .any(|r| r == "base64_payload")
     );
 }
+
+// === precheck ===
+
+/// Texts around the rules: the `seeds` (texts that fire, and ordinary
+/// ones) with words dropped, swapped for the rules' own words or for
+/// ordinary ones, and disguised (case, leetspeak, spacing, punctuation).
+fn texts_near_the_rules(seeds: &[String], count: usize) -> Vec<String> {
+    let mut vocabulary: Vec<String> = rules::WORD_RULES
+        .iter()
+        .flat_map(|r| r.pattern.split(|c: char| !c.is_alphanumeric()))
+        .filter(|w| !w.is_empty())
+        .map(str::to_string)
+        .collect();
+    vocabulary.sort();
+    vocabulary.dedup();
+    vocabulary.extend(
+        "the a to of and please you your me my order refund help thanks what is it"
+            .split(' ')
+            .map(str::to_string),
+    );
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    (0..count)
+        .map(|_| {
+            let seed = &seeds[next(seeds.len())];
+            let mut words: Vec<String> = seed.split_whitespace().map(str::to_string).collect();
+            for _ in 0..1 + next(3) {
+                let at = next(words.len() + 1);
+                match next(4) {
+                    0 if at < words.len() => {
+                        words.remove(at);
+                    }
+                    1 => words.insert(at, vocabulary[next(vocabulary.len())].clone()),
+                    _ => {}
+                }
+            }
+            let mut text = String::new();
+            for mut word in words {
+                match next(16) {
+                    0 => word = word.to_uppercase(),
+                    1 => word = word.replace('i', "1").replace('o', "0").replace('e', "3"),
+                    2 => word = word.replace('l', "I").replace('a', "@"),
+                    3 => word = word.chars().map(|c| format!("{c} ")).collect(),
+                    4 => word.push('!'),
+                    5 => {
+                        let middle = word.chars().count() / 2;
+                        let at = word.char_indices().nth(middle).map_or(0, |(i, _)| i);
+                        word.insert(at, '\'');
+                    }
+                    _ => {}
+                }
+                text.push_str(&word);
+                text.push_str([" ", " ", " ", " ", ", ", ". ", "\n", " - "][next(8)]);
+            }
+            text
+        })
+        .collect()
+}
+
+/// What the labelled set holds (`data/guardrails/*.jsonl`).
+fn labelled_texts() -> Vec<String> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/guardrails");
+    let mut texts = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let body = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in body.lines().filter(|l| !l.trim().is_empty()) {
+            let case: serde_json::Value = serde_json::from_str(line).unwrap();
+            texts.push(case["text"].as_str().unwrap().to_string());
+        }
+    }
+    texts
+}
+
+#[test]
+fn the_precheck_has_an_anchor_for_every_rule() {
+    assert!(COMPILED.precheck.is_some(), "a word rule has no anchor");
+}
+
+/// The precheck may send a text to the rules for nothing, never skip one
+/// on which a rule fires: over the labelled set and texts made of the
+/// rules' own words, every text it lets through has no signal at all.
+#[test]
+fn the_precheck_never_skips_a_text_a_rule_fires_on() {
+    let precheck = COMPILED.precheck.as_ref().unwrap();
+    let labelled = labelled_texts();
+    let (mut skipped, mut fired) = (0, 0);
+    for text in labelled
+        .iter()
+        .chain(&texts_near_the_rules(&labelled, 6_000))
+    {
+        let norm = normalize(text);
+        let signals = run_rules(text, &norm, true).signals;
+        fired += usize::from(!signals.is_empty());
+        if !precheck.could_fire(text, &norm) {
+            skipped += 1;
+            assert!(
+                signals.is_empty(),
+                "skipped {text:?}, on which {:?} fire",
+                signals.iter().map(|s| s.rule).collect::<Vec<_>>()
+            );
+        }
+    }
+    // The check must have had something to check on either side.
+    assert!(
+        skipped > 1_000 && fired > 1_000,
+        "skipped {skipped}, fired {fired}"
+    );
+}
+
+#[test]
+fn ordinary_prose_skips_the_rules() {
+    let precheck = COMPILED.precheck.as_ref().unwrap();
+    for text in [
+        "Hello, I placed order QWERTY last week and the package still has not arrived. The \
+         tracking page has shown \"label created\" for six days now. Could you check what is \
+         happening with the shipment, tell me whether it is lost, and if so arrange a \
+         replacement or a refund to my original payment method? Thank you for your help.",
+        "Please summarise the attached quarterly report for the board in three bullet points.",
+        "Can you translate this paragraph into French and keep the tone friendly?",
+    ] {
+        assert!(!precheck.could_fire(text, &normalize(text)), "{text}");
+    }
+}

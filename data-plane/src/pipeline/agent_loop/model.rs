@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// A candidate model: its name, settings and backend.
-pub(super) type Resolved = (String, Model, Arc<dyn crate::backend::Backend>);
+pub(super) type Resolved = (String, Arc<Model>, Arc<dyn crate::backend::Backend>);
 
 /// The routed models, resolved to backends; without a route (routing
 /// switched off) the first target of the agent's table.
@@ -28,15 +28,18 @@ pub(super) fn candidates(
     tenant: &str,
     agent: &Agent,
 ) -> Result<Vec<Resolved>, ExecError> {
-    let names: Vec<String> = match &call.route {
-        Some(route) => route.candidates.clone(),
-        None => call
-            .catalog
-            .routing_table(tenant, &agent.routing_table)
-            .and_then(|t| t.tiers.first())
-            .and_then(|tier| tier.targets.first())
-            .map(|target| vec![target.model.clone()])
-            .unwrap_or_default(),
+    let first_target;
+    let names: &[String] = match &call.route {
+        Some(route) => &route.candidates,
+        None => {
+            first_target = call
+                .catalog
+                .routing_table(tenant, &agent.routing_table)
+                .and_then(|t| t.tiers.first())
+                .and_then(|tier| tier.targets.first())
+                .map(|target| target.model.clone());
+            first_target.as_slice()
+        }
     };
     if names.is_empty() {
         return Err(ExecError::Unavailable(format!(
@@ -47,8 +50,8 @@ pub(super) fn candidates(
     let mut resolved = Vec::with_capacity(names.len());
     let mut unavailable = Vec::new();
     for name in names {
-        match shared.backends.get(&call.catalog, tenant, &name) {
-            Ok((backend, model)) => resolved.push((name, model, backend)),
+        match shared.backends.get(&call.catalog, tenant, name) {
+            Ok((backend, model)) => resolved.push((name.clone(), model, backend)),
             Err(error) => unavailable.push(error.to_string()),
         }
     }

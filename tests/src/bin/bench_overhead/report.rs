@@ -1,0 +1,156 @@
+//! The readable tables printed before the JSON line.
+
+use aios_tests::bench::Machine;
+use serde_json::Value;
+
+use crate::{
+    Options,
+    measure::{P99_BOUND, TARGET_ADDED_P99_US, TARGET_RPS_PER_CORE, field},
+};
+
+/// `value`'s numeric fields `keys`, each with `decimals`.
+fn cells(value: &Value, keys: &[&str], decimals: usize) -> Vec<String> {
+    keys.iter()
+        .map(|key| format!("{:.*}", decimals, field(value, key)))
+        .collect()
+}
+
+/// A table: the first column left-aligned, the others right-aligned.
+fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let all: Vec<&Vec<String>> = std::iter::once(&header).chain(rows).collect();
+    let width = |i: usize| {
+        all.iter()
+            .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+            .max()
+    };
+    let widths: Vec<usize> = (0..header.len()).map(|i| width(i).unwrap_or(0)).collect();
+    println!("\n{title}");
+    for row in all {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, w))| match i {
+                0 => format!("{cell:<w$}"),
+                _ => format!("{cell:>w$}"),
+            })
+            .collect();
+        println!("{}", line.join("  "));
+    }
+}
+
+pub(crate) fn report(options: &Options, machine: &Machine, results: &Value) {
+    println!(
+        "bench-overhead: instant backend; every request a cache miss; spans not built yet (telemetry issue)"
+    );
+    println!(
+        "machine: {} CPUs, {} (the load generator shares the machine)",
+        machine.nproc, machine.cpu
+    );
+    if let Some(places) = results["latency"].as_object() {
+        let mut rows = Vec::new();
+        for (place, latency) in places {
+            for name in ["off", "on"] {
+                let (c, s) = (&latency[name]["client"], &latency[name]["server"]);
+                let mut row = vec![place.clone(), name.into()];
+                row.extend(cells(c, &["p50_us", "p99_us", "p999_us", "mean_us"], 1));
+                row.extend(cells(s, &["p50_us", "p99_us"], 1));
+                rows.push(row);
+            }
+            let mut row = vec![place.clone(), "added".into()];
+            row.extend(cells(latency, &["added_p50_us", "added_p99_us"], 1));
+            row.extend(["".into(), "".into()]);
+            row.extend(cells(
+                latency,
+                &["added_server_p50_us", "added_server_p99_us"],
+                1,
+            ));
+            rows.push(row);
+        }
+        let title = format!(
+            "1. latency at 1 in flight, {} requests per node and client placement, blocks of {} (µs; handler = the node's own time; target: added p99 ≤ {TARGET_ADDED_P99_US})",
+            options.requests, options.block
+        );
+        let header = [
+            "client on",
+            "node",
+            "p50",
+            "p99",
+            "p99.9",
+            "mean",
+            "handler p50",
+            "handler p99",
+        ];
+        print_table(&title, &header, &rows);
+    }
+    let throughput = &results["throughput"];
+    if !throughput.is_null() {
+        let mut rows = Vec::new();
+        for name in ["off", "on"] {
+            for step in throughput[name]["steps"].as_array().into_iter().flatten() {
+                let mut row = vec![name.to_string()];
+                row.extend(cells(step, &["concurrency", "rps"], 0));
+                row.extend(cells(
+                    step,
+                    &["p50_ms", "p99_ms", "server_cores", "process_cores"],
+                    2,
+                ));
+                row.extend(cells(step, &["server_cpu_us_per_request"], 1));
+                rows.push(row);
+            }
+        }
+        let title = format!(
+            "2. throughput, node on one thread, {} connections, {:.1} s per step",
+            options.connections,
+            options.step.as_secs_f64()
+        );
+        let header = [
+            "node",
+            "in flight",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "node cores",
+            "process cores",
+            "node µs CPU/req",
+        ];
+        print_table(&title, &header, &rows);
+        for name in ["off", "on"] {
+            let (t, best) = (&throughput[name], &throughput[name]["best"]);
+            println!(
+                "{name:>3}: best with p99 < {} ms: {:.0} req/s at {} in flight ({:.2} node cores, {:.1} µs CPU/request); {:.2}× the target of {TARGET_RPS_PER_CORE} req/s per core",
+                P99_BOUND.as_millis(),
+                field(best, "rps"),
+                field(best, "concurrency"),
+                field(best, "server_cores"),
+                field(t, "server_cpu_us_per_request"),
+                field(best, "rps") / TARGET_RPS_PER_CORE,
+            );
+        }
+    }
+    if let Some(stages) = results["stages"].as_array() {
+        let rows: Vec<Vec<String>> = stages
+            .iter()
+            .map(|r| {
+                let mut row = vec![r["stages"].as_str().unwrap_or("").to_string()];
+                row.extend(cells(r, &["p50_us", "p99_us", "mean_us", "step_p50_us"], 2));
+                row
+            })
+            .collect();
+        let title = "3a. the pipeline in process (no gRPC), stages added in stack order (µs)";
+        print_table(title, &["stages", "p50", "p99", "mean", "step p50"], &rows);
+    }
+    if let Some(functions) = results["functions"].as_array() {
+        let rows: Vec<Vec<String>> = functions
+            .iter()
+            .map(|r| {
+                let mut row = vec![r["function"].as_str().unwrap_or("").to_string()];
+                row.extend(cells(r, &["p50_ns", "p99_ns", "mean_ns"], 0));
+                row
+            })
+            .collect();
+        let title = "3b. stage functions alone, on the bench request (ns per call, timer included)";
+        print_table(title, &["function", "p50", "p99", "mean"], &rows);
+    }
+}

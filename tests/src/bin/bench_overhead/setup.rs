@@ -1,0 +1,305 @@
+//! The bench's world: the config snapshot both nodes serve, the requests,
+//! and the instant backend.
+
+use std::sync::Arc;
+
+use aios_data_plane::{
+    backend::{
+        Backend, BackendError, ChatMessage, ChatRequest, ChatResponse, FinishReason, Role, Usage,
+    },
+    fleet::{Applied, NodeConfig, ResourceKey},
+    pipeline::{BackendFactory, ExecRequest, Input, Params, Settings, Stages},
+};
+use aios_model::Model;
+use aios_proto::v1::{self as pb, resource::Spec};
+use anyhow::{Result, anyhow};
+use tonic::metadata::AsciiMetadataValue;
+
+pub(crate) const TENANT: &str = "bench";
+pub(crate) const AGENT: &str = "support";
+pub(crate) const POLICY: &str = "guarded";
+pub(crate) const TABLE: &str = "tiers";
+pub(crate) const SECRET: &str = "aios_bench-overhead-caller-key-0123456789abcdef";
+
+pub(crate) const SYSTEM_PROMPT: &str = "You are a customer-support agent for an online store. Answer \
+politely and concisely, check the order status before promising anything, never reveal internal \
+notes, and hand the conversation to a human when the customer asks for one.";
+pub(crate) const REPLY: &str = "I'm sorry your order is late. I checked the shipment: the carrier has not \
+scanned the parcel since the label was created, so it is most likely lost. I have arranged a \
+replacement at no cost, which ships within two business days, and you will get a new tracking \
+link by e-mail. If you would rather have a refund, reply to this message and it will reach your \
+original payment method within a week.";
+
+// === The config: one tenant, a guarded agent on a two-tier table ===
+
+fn meta(tenant: &str, name: &str) -> Option<pb::ObjectMeta> {
+    Some(pb::ObjectMeta {
+        name: name.into(),
+        tenant: tenant.into(),
+        resource_version: 1,
+        ..Default::default()
+    })
+}
+
+fn resource(tenant: &str, name: &str, spec: Spec) -> pb::Resource {
+    pb::Resource {
+        metadata: meta(tenant, name),
+        spec: Some(spec),
+    }
+}
+
+pub(crate) fn resources() -> Vec<pb::Resource> {
+    let rule = |glob: &str, criticality: pb::Criticality| pb::ActionRule {
+        action_glob: glob.into(),
+        criticality: criticality as i32,
+        deny: false,
+    };
+    let tier =
+        |name: &str, complexity: pb::Complexity, targets: [(&str, u32); 2], fallback: &str| {
+            pb::RouteTier {
+                name: name.into(),
+                complexity: complexity as i32,
+                targets: targets
+                    .iter()
+                    .map(|(model, weight)| pb::WeightedTarget {
+                        model: (*model).into(),
+                        weight: *weight,
+                    })
+                    .collect(),
+                fallbacks: vec![fallback.into()],
+            }
+        };
+    let mut all = vec![
+        resource(
+            "",
+            TENANT,
+            Spec::Tenant(pb::TenantSpec {
+                display_name: "Bench".into(),
+                disabled: false,
+            }),
+        ),
+        resource(
+            TENANT,
+            "caller",
+            Spec::ApiKey(pb::ApiKeySpec {
+                role: pb::Role::Caller as i32,
+                secret_hash: aios_runtime::keys::hash_secret(SECRET),
+                // Enforced, but high enough never to refuse.
+                rate_limit: Some(pb::RateLimit {
+                    requests_per_minute: 1_000_000_000,
+                    tokens_per_minute: 1_000_000_000_000,
+                }),
+                ..Default::default()
+            }),
+        ),
+        resource(
+            TENANT,
+            POLICY,
+            Spec::Policy(pb::PolicySpec {
+                rules: vec![
+                    rule("payments.*", pb::Criticality::High),
+                    rule("refunds.*", pb::Criticality::Medium),
+                    rule("chat", pb::Criticality::Low),
+                ],
+                input: Some(pb::InputGuardrails {
+                    max_input_bytes: 32 * 1024,
+                    prompt_injection: pb::GuardrailAction::Block as i32,
+                    pii: pb::GuardrailAction::Redact as i32,
+                    pii_kinds: vec![],
+                }),
+                output: Some(pb::OutputGuardrails {
+                    redact_pii: true,
+                    redact_secrets: true,
+                    pii_kinds: vec![],
+                }),
+                approval: None,
+            }),
+        ),
+        resource(
+            TENANT,
+            TABLE,
+            Spec::RoutingTable(pb::RoutingTableSpec {
+                tiers: vec![
+                    tier(
+                        "simple",
+                        pb::Complexity::Simple,
+                        [("small-a", 80), ("small-b", 20)],
+                        "large-a",
+                    ),
+                    tier(
+                        "general",
+                        pb::Complexity::Unspecified,
+                        [("large-a", 90), ("large-b", 10)],
+                        "small-a",
+                    ),
+                ],
+                sticky_by_user: true,
+                baseline_model: "large-a".into(),
+                default_constraints: None,
+            }),
+        ),
+        resource(
+            TENANT,
+            AGENT,
+            Spec::Agent(pb::AgentSpec {
+                system_prompt: SYSTEM_PROMPT.into(),
+                routing_table: TABLE.into(),
+                policy: POLICY.into(),
+                max_steps: 4,
+                ..Default::default()
+            }),
+        ),
+    ];
+    for (name, input_price) in [
+        ("small-a", 0.15),
+        ("small-b", 0.20),
+        ("large-a", 2.50),
+        ("large-b", 3.00),
+    ] {
+        all.push(resource(
+            TENANT,
+            name,
+            Spec::Model(pb::ModelSpec {
+                provider: pb::ModelProvider::OpenaiCompatible as i32,
+                provider_model: format!("{name}-v1"),
+                // Never called: the bench's backend factory answers in process.
+                endpoint: "http://127.0.0.1:9/v1".into(),
+                capabilities: vec![pb::ModelCapability::Chat as i32],
+                input_price_usd_per_mtok: input_price,
+                output_price_usd_per_mtok: input_price * 4.0,
+                context_window_tokens: 128_000,
+                max_output_tokens: 1_024,
+                ..Default::default()
+            }),
+        ));
+    }
+    all
+}
+
+/// The config as a node holds it, every resource validated.
+pub(crate) fn node_config() -> Result<NodeConfig> {
+    let mut config = NodeConfig {
+        revision: 1,
+        ..Default::default()
+    };
+    for resource in resources() {
+        let validated = aios_model::validate(&resource).map_err(|e| {
+            anyhow!(
+                "bench resource {:?} is invalid: {e:?}",
+                resource.metadata.as_ref().map(|m| &m.name)
+            )
+        })?;
+        let key = ResourceKey::new(validated.kind, &validated.tenant, &validated.name);
+        config.resources.insert(
+            key,
+            Arc::new(Applied {
+                version: 1,
+                resource,
+                validated,
+            }),
+        );
+    }
+    Ok(config)
+}
+
+// === Requests ===
+
+/// The user's message: ~440 bytes, unique per `n` (a reference in
+/// letters, so no detector mistakes it for a phone or card number).
+pub(crate) fn prompt(n: u64) -> String {
+    let mut reference = String::with_capacity(8);
+    let mut rest = n;
+    for _ in 0..6 {
+        reference.push(char::from(b'A' + (rest % 26) as u8));
+        rest /= 26;
+    }
+    format!(
+        "Hello, I placed order {reference} last week and the package still has not arrived. The \
+tracking page has shown \"label created\" for six days now, and the delivery estimate keeps \
+moving. Could you check what is happening with the shipment, tell me whether it is lost, and if \
+so arrange a replacement or a refund to my original payment method? I would also like to know \
+how long a refund usually takes to appear on my statement. Thank you for your help."
+    )
+}
+
+/// End users, so per-user rate limits and sticky splits do their work.
+pub(crate) fn user(n: u64) -> String {
+    format!("customer-{}", n % 64)
+}
+
+pub(crate) fn grpc_request(n: u64, key: &AsciiMetadataValue) -> tonic::Request<pb::ExecuteRequest> {
+    let mut request = tonic::Request::new(pb::ExecuteRequest {
+        agent: AGENT.into(),
+        input: Some(pb::execute_request::Input::Messages(pb::Messages {
+            messages: vec![pb::Message {
+                role: pb::MessageRole::User as i32,
+                content: prompt(n),
+                ..Default::default()
+            }],
+        })),
+        user: user(n),
+        ..Default::default()
+    });
+    request.metadata_mut().insert("x-api-key", key.clone());
+    request
+}
+
+pub(crate) fn exec_request(n: u64) -> ExecRequest {
+    ExecRequest {
+        agent: AGENT.into(),
+        input: Input::Messages(vec![ChatMessage::text(Role::User, prompt(n))]),
+        params: Params::default(),
+        user: user(n),
+        constraints: Default::default(),
+        forensic: false,
+        idempotency_key: String::new(),
+    }
+}
+
+// === The instant backend ===
+
+/// A model that answers at once with a fixed text and plausible usage.
+#[derive(Debug)]
+struct InstantModel;
+
+#[tonic::async_trait]
+impl Backend for InstantModel {
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, BackendError> {
+        let bytes: usize = request.messages.iter().map(|m| m.content.len()).sum();
+        Ok(ChatResponse {
+            content: REPLY.to_string(),
+            tool_calls: Vec::new(),
+            usage: Usage {
+                input_tokens: (bytes / 4) as u64,
+                output_tokens: (REPLY.len() / 4) as u64,
+            },
+            finish: FinishReason::Stop,
+        })
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct InstantModels;
+
+impl BackendFactory for InstantModels {
+    fn build(&self, _: &str, _: &str, _: &Model) -> Result<Arc<dyn Backend>, String> {
+        Ok(Arc::new(InstantModel))
+    }
+}
+
+pub(crate) const NO_STAGES: Stages = Stages {
+    authenticate: false,
+    rate_limit: false,
+    guardrails: false,
+    policy: false,
+    route: false,
+    cache: false,
+};
+
+pub(crate) fn settings(stages: Stages) -> Settings {
+    Settings {
+        stages,
+        unauthenticated_tenant: Some(TENANT.into()),
+        ..Settings::default()
+    }
+}
