@@ -144,8 +144,12 @@ impl EtcdStore {
             .with_keep_alive(KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
             // etcd's keepalive policy forbids pings without open streams.
             .with_keep_alive_while_idle(false);
-        if let (Some(files), Some(url)) = (&options.tls, urls.first()) {
-            connect = connect.with_tls(tls::client_config(files, url)?);
+        let tls_options = match (&options.tls, urls.first()) {
+            (Some(files), Some(url)) => Some(tls::client_config(files, url)?),
+            _ => None,
+        };
+        if let Some(tls_options) = &tls_options {
+            connect = connect.with_tls(tls_options.clone());
         }
         if let Some((name, password)) = &options.user {
             // Simple tokens expire (5 min by default): refresh, don't fail.
@@ -161,20 +165,34 @@ impl EtcdStore {
                 Client::connect(&urls, Some(connect.clone()))
             })
         };
-        let (unary, streams) = (client().await?, client().await?);
-        let store = Self {
-            kv: unary
-                .kv_client()
-                .max_decoding_message_size(MAX_RESPONSE_BYTES),
-            lease: unary.lease_client(),
-            watch: streams
-                .watch_client()
-                .max_decoding_message_size(MAX_RESPONSE_BYTES),
-            call_timeout: options.call_timeout,
-            endpoints: options.endpoints,
+        let checked = async {
+            let (unary, streams) = (client().await?, client().await?);
+            let store = Self {
+                kv: unary
+                    .kv_client()
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES),
+                lease: unary.lease_client(),
+                watch: streams
+                    .watch_client()
+                    .max_decoding_message_size(MAX_RESPONSE_BYTES),
+                call_timeout: options.call_timeout,
+                endpoints: options.endpoints.clone(),
+            };
+            store.revision().await?;
+            Ok(store)
         };
-        store.revision().await?;
-        Ok(store)
+        match checked.await {
+            // The balanced channel can hide why no member answered (it waits
+            // for one to become ready): ask each directly, for the cause.
+            Err(StoreError::Unavailable(message)) => {
+                let causes = tls::probe(&urls, tls_options, options.connect_timeout).await;
+                Err(StoreError::Unavailable(match causes.is_empty() {
+                    true => message,
+                    false => format!("{message}; {}", causes.join("; ")),
+                }))
+            }
+            result => result,
+        }
     }
 
     /// Runs `attempt` (given its number, from 0) under the call deadline,

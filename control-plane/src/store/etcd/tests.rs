@@ -120,3 +120,20 @@ fn tls_files_are_read_and_checked_first() {
         assert!(message.contains(expected), "{message}");
     }
 }
+
+#[tokio::test]
+async fn a_probe_says_why_an_endpoint_failed() {
+    // A port nothing listens on: bind, note it, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .unwrap();
+    let urls = [format!("http://127.0.0.1:{port}")];
+    let causes = tls::probe(&urls, None, Duration::from_secs(2)).await;
+    assert_eq!(causes.len(), 1, "{causes:?}");
+    assert!(
+        causes[0].starts_with(&format!("connecting to {} directly: ", urls[0])),
+        "{causes:?}"
+    );
+    assert!(causes[0].contains("Connection refused"), "{causes:?}");
+}

@@ -7,7 +7,10 @@
 //! a key it cannot load surfaces as a transport error that the store would
 //! retry until its deadline.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use etcd_client::{Certificate, Identity, TlsOptions};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
@@ -61,6 +64,37 @@ pub(super) fn client_config(tls: &EtcdTls, url: &str) -> Result<TlsOptions, Stor
         .and_then(|endpoint| endpoint.tls_config(options.clone()))
         .map_err(|e| StoreError::Internal(format!("etcd TLS: {files}: {}", error_chain(&e))))?;
     Ok(options)
+}
+
+/// Connects to each of `urls` directly, outside the balanced channel, and
+/// says why each that fails does (a refused certificate, no listener):
+/// what the client's balancer swallows while it waits for a ready member.
+pub(super) async fn probe(
+    urls: &[String],
+    tls: Option<TlsOptions>,
+    timeout: Duration,
+) -> Vec<String> {
+    let mut causes = Vec::new();
+    for url in urls {
+        let endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+            .and_then(|endpoint| match &tls {
+                Some(tls) => endpoint.tls_config(tls.clone()),
+                None => Ok(endpoint),
+            })
+            .map(|endpoint| endpoint.connect_timeout(timeout));
+        let result = match endpoint {
+            Ok(endpoint) => match tokio::time::timeout(timeout, endpoint.connect()).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(error_chain(&error)),
+                Err(_) => Err(format!("no connection within {timeout:?}")),
+            },
+            Err(error) => Err(error_chain(&error)),
+        };
+        if let Err(cause) = result {
+            causes.push(format!("connecting to {url} directly: {cause}"));
+        }
+    }
+    causes
 }
 
 /// `host:port` endpoints as URLs: `https://` with TLS, `http://` without.
