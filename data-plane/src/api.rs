@@ -1,9 +1,6 @@
 //! The data plane's gRPC edge. Wire types stop here: requests become
 //! domain calls into the execution pipeline, outcomes become responses,
 //! and errors become `tonic::Status` with `google.rpc` details.
-//!
-//! `Embed` arrives with local inference and answers UNIMPLEMENTED until
-//! then.
 
 use std::time::Duration;
 
@@ -22,6 +19,7 @@ use crate::{
     pipeline::{
         Event, ExecError, ExecRequest, Input, Outcome, Params, Pipeline,
         call::{Step, StepKind},
+        embed::EmbedRequest,
     },
 };
 
@@ -102,6 +100,39 @@ impl AgentService for AgentApi {
         let mut response = Response::new(ReceiverStream::new(out_rx).boxed());
         trace.answer(response.metadata_mut());
         Ok(response)
+    }
+
+    async fn embed(
+        &self,
+        request: Request<pb::EmbedRequest>,
+    ) -> Result<Response<pb::EmbedResponse>, Status> {
+        let timeout = grpc_timeout(request.metadata());
+        let (metadata, _, request) = request.into_parts();
+        let embedded = self
+            .pipeline
+            .embed(
+                &metadata,
+                EmbedRequest {
+                    model: request.model,
+                    inputs: request.inputs,
+                    user: request.user,
+                },
+                timeout,
+            )
+            .await?;
+        Ok(Response::new(pb::EmbedResponse {
+            embeddings: embedded
+                .vectors
+                .into_iter()
+                .map(|values| pb::Embedding { values })
+                .collect(),
+            model: embedded.model,
+            usage: Some(pb::Usage {
+                input_tokens: embedded.input_tokens,
+                output_tokens: 0,
+            }),
+            cost_usd: embedded.cost.to_f64(),
+        }))
     }
 }
 

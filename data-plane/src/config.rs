@@ -12,6 +12,8 @@ use aios_runtime::{
 use clap::Parser;
 use serde::Deserialize;
 
+pub use crate::local::settings::{DeviceChoice, Inference, InferenceArgs};
+
 /// Default gRPC listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7080";
 /// Default OpenAI-compatible HTTP listen address.
@@ -79,6 +81,8 @@ pub struct Cli {
     // Last: its help heading would also cover the flags after it.
     #[command(flatten)]
     pub execution: ExecutionArgs,
+    #[command(flatten)]
+    pub inference: InferenceArgs,
 }
 
 /// How requests run: retries, circuit breakers, the response cache.
@@ -245,6 +249,7 @@ struct FileConfig {
     state_dir: Option<PathBuf>,
     node_key_file: Option<PathBuf>,
     execution: Option<ExecutionArgs>,
+    inference: Option<InferenceArgs>,
     log: Option<String>,
     log_format: Option<LogFormat>,
     #[serde(
@@ -274,6 +279,8 @@ pub struct Config {
     pub node_key: Option<Secret>,
     /// Retries, circuit breakers and the response cache.
     pub execution: Execution,
+    /// The engines of LOCAL models: device, threads, batching, cost.
+    pub inference: Inference,
     /// Logging and shutdown.
     pub process: ProcessConfig,
 }
@@ -352,6 +359,7 @@ impl Config {
                 std::env::var("AIOS_NODE_KEY").ok(),
             )?,
             execution: Execution::resolve(cli.execution, file.execution)?,
+            inference: Inference::resolve(cli.inference, file.inference)?,
             process: ProcessConfig::resolve(&cli.common, &common)?,
         };
         prepare_state_dir(&config.state_dir)?;
@@ -376,6 +384,7 @@ impl Config {
             state_dir,
             node_key: None,
             execution: Execution::default(),
+            inference: Inference::default(),
             process: ProcessConfig::default(),
         }
     }
@@ -625,6 +634,16 @@ mod tests {
             execution,
             Execution::default(),
             "the example shows the defaults"
+        );
+        let inference = Inference::resolve(InferenceArgs::default(), file.inference).unwrap();
+        assert_eq!(inference.threads.get(), 4);
+        assert_eq!(
+            Inference {
+                threads: Inference::default().threads,
+                ..inference
+            },
+            Inference::default(),
+            "the example shows the defaults (threads aside)"
         );
     }
 

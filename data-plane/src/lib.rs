@@ -13,6 +13,7 @@ pub mod backend;
 pub mod config;
 pub mod fleet;
 pub mod guardrails;
+pub mod local;
 pub mod openai;
 pub mod pipeline;
 pub mod reliability;
@@ -25,6 +26,7 @@ use aios_runtime::{Drain, Readiness, Running, ServerSpec, StartError, server::bi
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use aios_inference as inference;
 pub use config::{Cli, Config, ControlPlaneUrl, NodeIdentity};
 pub use fleet::NodeConfigHandle;
 
@@ -49,15 +51,24 @@ pub struct DataPlane {
 
 impl DataPlane {
     /// Loads the last good config, binds the gRPC, HTTP and admin
-    /// listeners, starts serving, and starts the config agent. Models are
-    /// called over their providers' HTTP APIs.
+    /// listeners, starts serving, and starts the config agent. Remote
+    /// models are called over their providers' HTTP APIs; LOCAL models load
+    /// into engines on this node as the config names them.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
-        let providers = pipeline::RemoteProviders::new().map_err(|e| {
+        let remote = pipeline::RemoteProviders::new().map_err(|e| {
             StartError::Serve(aios_runtime::server::ServeError::Io(std::io::Error::other(
                 e,
             )))
         })?;
-        Self::start_with(config, Arc::new(providers), settings(&config.execution)).await
+        let local = local::LocalModels::new(config.inference.clone(), fleet::agent::capabilities());
+        let providers = pipeline::NodeProviders::new(remote, local.clone());
+        Self::start_inner(
+            config,
+            Arc::new(providers),
+            settings(&config.execution),
+            local,
+        )
+        .await
     }
 
     /// [`DataPlane::start`] with models built by `backends` and the
@@ -66,6 +77,16 @@ impl DataPlane {
         config: &Config,
         backends: Arc<dyn pipeline::BackendFactory>,
         settings: pipeline::Settings,
+    ) -> Result<Self, StartError> {
+        let local = local::LocalModels::new(config.inference.clone(), fleet::agent::capabilities());
+        Self::start_inner(config, backends, settings, local).await
+    }
+
+    async fn start_inner(
+        config: &Config,
+        backends: Arc<dyn pipeline::BackendFactory>,
+        settings: pipeline::Settings,
+        local: Arc<local::LocalModels>,
     ) -> Result<Self, StartError> {
         let grpc = bind("--listen", config.listen).await?;
         let http = bind("--http-listen", config.http_listen).await?;
@@ -87,6 +108,11 @@ impl DataPlane {
         let node_config = NodeConfigHandle::new(saved.config);
         let stop = CancellationToken::new();
         let catalog = pipeline::CatalogHandle::follow(&node_config, stop.clone());
+        local.follow(&node_config, stop.clone());
+        let settings = pipeline::Settings {
+            local: settings.local.or_else(|| Some(local.clone())),
+            ..settings
+        };
         let pipeline = pipeline::Pipeline::new(catalog, backends, settings);
         let http_router = openai::router(pipeline.clone());
         let server = Running::start(ServerSpec {
@@ -105,7 +131,8 @@ impl DataPlane {
             host,
             server.readiness().clone(),
             has_config,
-        );
+        )
+        .with_capabilities(local.capabilities());
         let mut tasks = JoinSet::new();
         tasks.spawn(agent.run(server.shutdown_token()));
         Ok(Self {

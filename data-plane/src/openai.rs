@@ -8,7 +8,9 @@
 //! decision. Errors use OpenAI's JSON error shape, which those SDKs parse;
 //! a policy refusal is HTTP 403 with the aios reason as `code`.
 //!
-//! `/v1/embeddings` arrives with local inference and answers 501 until then.
+//! `POST /v1/embeddings` runs `AgentService.Embed` (there `model` names an
+//! embedding Model); `GET /v1/models` lists what the key can name: its
+//! agents and its tenant's embedding models.
 
 use std::{
     convert::Infallible,
@@ -34,7 +36,10 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 
 use crate::{
     backend::{ChatMessage, Role, ToolCall},
-    pipeline::{Event, ExecError, ExecRequest, Input, Outcome, Params, Pipeline, Status},
+    pipeline::{
+        Event, ExecError, ExecRequest, Input, Outcome, Params, Pipeline, Status,
+        embed::EmbedRequest,
+    },
 };
 
 /// The HTTP router over `pipeline`.
@@ -42,10 +47,7 @@ pub fn router(pipeline: Pipeline) -> Router {
     Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/chat/completions", post(chat_completions))
-        .route(
-            "/v1/embeddings",
-            post(|| async { not_served("embeddings") }),
-        )
+        .route("/v1/embeddings", post(embeddings))
         .fallback(|| async {
             error(
                 StatusCode::NOT_FOUND,
@@ -57,17 +59,106 @@ pub fn router(pipeline: Pipeline) -> Router {
         .with_state(pipeline)
 }
 
-async fn list_models() -> Json<Value> {
-    Json(json!({ "object": "list", "data": [] }))
+async fn list_models(State(pipeline): State<Pipeline>, headers: HeaderMap) -> Response {
+    let listed = match pipeline.served(&metadata(&headers)) {
+        Ok(listed) => listed,
+        Err(e) => return exec_error(e),
+    };
+    let data: Vec<Value> = listed
+        .into_iter()
+        .map(|l| json!({ "id": l.id, "object": "model", "created": 0, "owned_by": "aios", "aios": { "kind": l.kind } }))
+        .collect();
+    Json(json!({ "object": "list", "data": data })).into_response()
 }
 
-fn not_served(what: &str) -> Response {
-    error(
-        StatusCode::NOT_IMPLEMENTED,
-        "server_error",
-        "not_implemented",
-        &format!("{what} are not served by this node yet"),
-    )
+#[derive(Debug, Deserialize)]
+struct EmbeddingsRequest {
+    model: String,
+    input: EmbeddingInput,
+    #[serde(default)]
+    encoding_format: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum EmbeddingInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+async fn embeddings(
+    State(pipeline): State<Pipeline>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let request: EmbeddingsRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_json",
+                &format!(
+                    "the body is not a valid embeddings request (input must be a string or an array of strings): {e}"
+                ),
+            );
+        }
+    };
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_encoding_format",
+                &format!("encoding_format {other:?}: expected \"float\" or \"base64\""),
+            );
+        }
+    };
+    let inputs = match request.input {
+        EmbeddingInput::One(text) => vec![text],
+        EmbeddingInput::Many(texts) => texts,
+    };
+    let embed = EmbedRequest {
+        model: request.model,
+        inputs,
+        user: request.user.unwrap_or_default(),
+    };
+    let embedded = match pipeline.embed(&metadata(&headers), embed, None).await {
+        Ok(embedded) => embedded,
+        Err(e) => return exec_error(e),
+    };
+    let data: Vec<Value> = embedded
+        .vectors
+        .iter()
+        .enumerate()
+        .map(|(index, vector)| {
+            let embedding = match base64 {
+                // Little-endian f32s, as OpenAI sends them.
+                true => Value::String(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    vector
+                        .iter()
+                        .flat_map(|x| x.to_le_bytes())
+                        .collect::<Vec<u8>>(),
+                )),
+                false => json!(vector),
+            };
+            json!({ "object": "embedding", "index": index, "embedding": embedding })
+        })
+        .collect();
+    let tokens = embedded.input_tokens;
+    Json(json!({
+        "object": "list",
+        "data": data,
+        "model": embedded.model,
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+        "aios": { "cost_usd": embedded.cost.to_f64(), "truncated": embedded.truncated },
+    }))
+    .into_response()
 }
 
 /// An error in OpenAI's JSON shape.

@@ -229,6 +229,7 @@ pub(crate) fn agent_spec() -> pb::AgentSpec {
         max_steps: 8,
         default_deadline: dur(120),
         disabled: false,
+        semantic_cache: None,
     }
 }
 

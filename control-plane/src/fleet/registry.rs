@@ -185,8 +185,15 @@ impl Registry {
         entry.heartbeat_dirty = true;
     }
 
-    /// Records a heartbeat (any message from the node counts as one).
-    pub fn heartbeat(&self, node_id: &str, stream: StreamId, in_flight: Option<u32>) {
+    /// Records a heartbeat (any message from the node counts as one), and
+    /// the node's capabilities when it says they changed.
+    pub fn heartbeat(
+        &self,
+        node_id: &str,
+        stream: StreamId,
+        in_flight: Option<u32>,
+        capabilities: Option<&pb::NodeCapabilities>,
+    ) {
         let mut state = self.state();
         let Some(entry) = current(&mut state, node_id, stream) else {
             return;
@@ -196,6 +203,14 @@ impl Registry {
             entry.node.in_flight_requests = in_flight;
         }
         entry.heartbeat_dirty = true;
+        if let Some(capabilities) = capabilities
+            && entry.node.capabilities.as_ref() != Some(capabilities)
+        {
+            entry.node.capabilities = Some(capabilities.clone());
+            entry.dirty = true;
+            drop(state);
+            self.inner.wake.notify_one();
+        }
     }
 
     /// The stream ended: the record is kept, marked disconnected.

@@ -105,11 +105,34 @@ async fn updates_of_a_replaced_stream_are_ignored() {
     let old = registry.connect(&hello("n1", "r", &[]));
     let new = registry.connect(&hello("n1", "r", &[]));
     registry.disconnect("n1", old);
-    registry.heartbeat("n1", old, Some(7));
+    registry.heartbeat("n1", old, Some(7), None);
     let state = registry.state();
     let entry = &state.nodes["n1"];
     assert!(entry.connected && entry.stream == new);
     assert_eq!(entry.node.in_flight_requests, 0);
+    drop(state);
+    f.shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_heartbeat_with_capabilities_updates_the_record() {
+    let f = fixture().await;
+    let registry = Registry::new(f.store.clone(), "replica-a", Duration::from_secs(10));
+    let stream = registry.connect(&hello("n1", "r", &[]));
+    let loaded = pb::NodeCapabilities {
+        models_loaded: vec!["acme/smollm2".into()],
+        cpu_cores: 2,
+        ..Default::default()
+    };
+    registry.heartbeat("n1", stream, Some(1), Some(&loaded));
+    let state = registry.state();
+    assert_eq!(state.nodes["n1"].node.capabilities.as_ref(), Some(&loaded));
+    assert!(state.nodes["n1"].dirty, "written on the next flush");
+    drop(state);
+    // Without capabilities, they stay as they were.
+    registry.heartbeat("n1", stream, Some(0), None);
+    let state = registry.state();
+    assert_eq!(state.nodes["n1"].node.capabilities.as_ref(), Some(&loaded));
     drop(state);
     f.shutdown.cancel();
 }

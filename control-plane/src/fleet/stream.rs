@@ -204,7 +204,12 @@ pub(crate) async fn run(
                             fleet.registry.record_session(&node_id, stream, &session);
                         }
                         Some(Msg::Heartbeat(beat)) => {
-                            fleet.registry.heartbeat(&node_id, stream, Some(beat.in_flight_requests));
+                            fleet.registry.heartbeat(
+                                &node_id,
+                                stream,
+                                Some(beat.in_flight_requests),
+                                beat.capabilities.as_ref(),
+                            );
                         }
                         Some(Msg::Hello(_)) => break 'serve Some(invalid(
                             "hello",

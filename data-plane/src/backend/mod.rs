@@ -1,6 +1,6 @@
 //! Model backends behind one trait: remote providers over their real HTTP
 //! protocols (`openai.rs`: OpenAI and OpenAI-compatible; `anthropic.rs`:
-//! Anthropic Messages) and, with the inference issue, local candle models.
+//! Anthropic Messages) and local candle models (`crate::local`).
 //!
 //! A backend serves one model. It knows nothing of tenants, policy, routing
 //! or retries: the pipeline decides what to call, and `reliability` decides
@@ -130,6 +130,10 @@ pub struct ChatResponse {
     pub usage: Usage,
     /// Why it stopped.
     pub finish: FinishReason,
+    /// What the call cost in device time, for a model run on this node's
+    /// hardware (LOCAL: the device's price per hour over the model's
+    /// measured throughput); `None` = priced from the model's list prices.
+    pub device_cost: Option<aios_model::Usd>,
 }
 
 /// One event of a streamed call: text as it arrives, then the whole

@@ -15,7 +15,10 @@ use aios_proto::v1::{
 };
 use aios_runtime::{Readiness, Secret};
 use rand::Rng;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -58,7 +61,10 @@ pub struct Agent {
     urls: Vec<ControlPlaneUrl>,
     node_key: Option<Secret>,
     node: NodeIdentity,
-    capabilities: pb::NodeCapabilities,
+    /// What the node can run; a change is sent at once on a heartbeat.
+    capabilities: watch::Receiver<pb::NodeCapabilities>,
+    /// False once the capabilities' sender is gone (nothing more will change).
+    capabilities_live: bool,
     state_dir: PathBuf,
     handle: NodeConfigHandle,
     host: Host,
@@ -98,7 +104,8 @@ impl Agent {
             urls: config.control_plane.clone(),
             node_key: config.node_key.clone(),
             node: config.node.clone(),
-            capabilities: capabilities(),
+            capabilities: watch::channel(capabilities()).1,
+            capabilities_live: false,
             state_dir: config.state_dir.clone(),
             handle,
             host,
@@ -106,6 +113,17 @@ impl Agent {
             gate_open,
             heartbeat_after: HEARTBEAT_AFTER,
         }
+    }
+
+    /// Advertises what `capabilities` holds (the base of [`capabilities`]
+    /// plus loaded models), in the hello and on every change.
+    pub fn with_capabilities(
+        mut self,
+        capabilities: watch::Receiver<pb::NodeCapabilities>,
+    ) -> Self {
+        self.capabilities = capabilities;
+        self.capabilities_live = true;
+        self
     }
 
     /// Runs until `shutdown`, then writes the latest snapshot and returns.
@@ -166,9 +184,26 @@ impl Agent {
         loop {
             let message = tokio::select! {
                 message = inbound.message() => message,
+                changed = self.capabilities.changed(), if self.capabilities_live => {
+                    if changed.is_err() {
+                        self.capabilities_live = false;
+                        continue;
+                    }
+                    let capabilities = self.capabilities.borrow_and_update().clone();
+                    let heartbeat = node_message::Msg::Heartbeat(pb::NodeHeartbeat {
+                        in_flight_requests: 0,
+                        capabilities: Some(capabilities),
+                    });
+                    if outbound.send(message_of(heartbeat)).await.is_err() {
+                        return End::Gone;
+                    }
+                    last_sent = Instant::now();
+                    continue;
+                }
                 _ = tokio::time::sleep_until(last_sent + self.heartbeat_after) => {
                     let heartbeat = node_message::Msg::Heartbeat(pb::NodeHeartbeat {
                         in_flight_requests: 0,
+                        capabilities: None,
                     });
                     if outbound.send(message_of(heartbeat)).await.is_err() {
                         return End::Gone;
@@ -238,7 +273,8 @@ impl Agent {
         (config, ack)
     }
 
-    fn hello(&self) -> pb::NodeMessage {
+    fn hello(&mut self) -> pb::NodeMessage {
+        let capabilities = self.capabilities.borrow_and_update().clone();
         let node = &self.node;
         message_of(node_message::Msg::Hello(pb::NodeHello {
             node_id: node.node_id.clone(),
@@ -249,7 +285,7 @@ impl Agent {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            capabilities: Some(self.capabilities.clone()),
+            capabilities: Some(capabilities),
             held: self.handle.current().held(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
         }))
@@ -339,7 +375,8 @@ fn describe(reference: &pb::ResourceRef) -> String {
 // === Capabilities ===
 
 /// What this machine offers, for the hello.
-fn capabilities() -> pb::NodeCapabilities {
+/// This machine's cores and memory; no models loaded, no GPU.
+pub fn capabilities() -> pb::NodeCapabilities {
     let cpu_cores = std::thread::available_parallelism()
         .map_or(0, |n| u32::try_from(n.get()).unwrap_or(u32::MAX));
     let memory_bytes = std::fs::read_to_string("/proc/meminfo")

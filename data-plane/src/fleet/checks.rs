@@ -18,12 +18,16 @@ use aios_model::{FieldViolation, Spec, Validated};
 type EnvLookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 /// Reads a file; the error says why it cannot be read.
 type FileLookup = dyn Fn(&str) -> Result<String, String> + Send + Sync;
+/// What is at a path: `Ok(true)` a directory, `Ok(false)` a file, or why
+/// nothing usable is.
+type PathLookup = dyn Fn(&str) -> Result<bool, String> + Send + Sync;
 
 /// What the checks may ask about the machine the node runs on.
 #[derive(Clone)]
 pub struct Host {
     env: Arc<EnvLookup>,
     file: Arc<FileLookup>,
+    path: Arc<PathLookup>,
 }
 
 impl Host {
@@ -38,7 +42,21 @@ impl Host {
         Self {
             env: Arc::new(env),
             file: Arc::new(|path| std::fs::read_to_string(path).map_err(|e| e.to_string())),
+            path: Arc::new(|path| {
+                std::fs::metadata(path)
+                    .map(|m| m.is_dir())
+                    .map_err(|e| e.to_string())
+            }),
         }
+    }
+
+    /// This machine, with paths looked up by `path` instead (for tests).
+    pub fn with_paths(
+        mut self,
+        path: impl Fn(&str) -> Result<bool, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.path = Arc::new(path);
+        self
     }
 
     /// This machine, with files read by `file` instead (for tests).
@@ -78,6 +96,7 @@ type Check = fn(&Host, &Validated, &mut Vec<FieldViolation>);
 const CHECKS: &[Check] = &[
     model_api_key_is_set,
     model_api_key_file_is_readable,
+    local_model_files_exist,
     builtin_tool_exists,
 ];
 
@@ -121,6 +140,37 @@ fn model_api_key_file_is_readable(
         out.push(FieldViolation::new(
             "model.api_key_file",
             format!("cannot use {path} on this node: {problem}"),
+        ));
+    }
+}
+
+/// A LOCAL model is loaded from `path` on each node: a GGUF file, or a
+/// directory with a safetensors BERT-family model. A node without them
+/// could only fail every call, so it refuses the model and says what is
+/// missing. (Whether the files are *valid* shows when the model loads.)
+fn local_model_files_exist(host: &Host, resource: &Validated, out: &mut Vec<FieldViolation>) {
+    let Spec::Model(model) = &resource.spec else {
+        return;
+    };
+    let Some(path) = model.path.as_deref() else {
+        return;
+    };
+    let problem = match (host.path)(path) {
+        Err(error) => Some(error),
+        Ok(false) => None,
+        Ok(true) => {
+            let missing: Vec<&str> = crate::local::MODEL_DIR_FILES
+                .iter()
+                .copied()
+                .filter(|file| !matches!((host.path)(&format!("{path}/{file}")), Ok(false)))
+                .collect();
+            (!missing.is_empty()).then(|| format!("the directory lacks {}", missing.join(", ")))
+        }
+    };
+    if let Some(problem) = problem {
+        out.push(FieldViolation::new(
+            "model.path",
+            format!("cannot load {path} on this node: {problem}"),
         ));
     }
 }
@@ -194,6 +244,48 @@ mod tests {
             with(Ok("  \n")).check(&gpt)[0]
                 .description
                 .contains("empty")
+        );
+    }
+
+    #[test]
+    fn a_local_model_needs_its_files_on_the_node() {
+        let local = |path: &str| {
+            validated(&pb::Resource {
+                metadata: Some(pb::ObjectMeta {
+                    name: "local".into(),
+                    tenant: "acme".into(),
+                    ..Default::default()
+                }),
+                spec: Some(pb::resource::Spec::Model(pb::ModelSpec {
+                    provider: pb::ModelProvider::Local as i32,
+                    path: path.into(),
+                    ..Default::default()
+                })),
+            })
+        };
+        // A file system with one GGUF file and one complete and one
+        // incomplete model directory.
+        let machine = host(&[]).with_paths(|path| match path {
+            "/models/a.gguf" | "/models/bert/model.safetensors" => Ok(false),
+            "/models/bert/config.json" | "/models/bert/tokenizer.json" => Ok(false),
+            "/models/bert" | "/models/half" => Ok(true),
+            "/models/half/config.json" => Ok(false),
+            _ => Err("No such file or directory".into()),
+        });
+        assert_eq!(machine.check(&local("/models/a.gguf")), vec![]);
+        assert_eq!(machine.check(&local("/models/bert")), vec![]);
+        let missing = machine.check(&local("/models/b.gguf"));
+        assert_eq!(
+            missing,
+            vec![FieldViolation::new(
+                "model.path",
+                "cannot load /models/b.gguf on this node: No such file or directory"
+            )]
+        );
+        let half = machine.check(&local("/models/half"));
+        assert_eq!(
+            half[0].description,
+            "cannot load /models/half on this node: the directory lacks model.safetensors, tokenizer.json"
         );
     }
 

@@ -314,7 +314,14 @@ impl Conversation<'_> {
                 .find(|(name, ..)| *name == served)
                 .map_or(first_model, |(_, model, _)| model);
             let usage = response.usage;
-            let cost = router::cost(model, usage.input_tokens, usage.output_tokens);
+            // A model on this node's hardware costs its device time, unless
+            // the operator gave it list prices.
+            let listed =
+                !(model.input_price_per_mtok.is_zero() && model.output_price_per_mtok.is_zero());
+            let cost = match response.device_cost {
+                Some(cost) if !listed => cost,
+                _ => router::cost(model, usage.input_tokens, usage.output_tokens),
+            };
             outcome.usage.input_tokens = outcome
                 .usage
                 .input_tokens

@@ -66,11 +66,38 @@ impl BackendFactory for RemoteProviders {
             ),
             ModelProvider::Local => {
                 return Err(format!(
-                    "model {name}: local models are not served by this node yet"
+                    "model {name}: LOCAL models are served by NodeProviders, not RemoteProviders"
                 ));
             }
         };
         Ok(backend)
+    }
+}
+
+/// What a node serves: remote providers over HTTP and its LOCAL models.
+#[derive(Debug, Clone)]
+pub struct NodeProviders {
+    remote: RemoteProviders,
+    local: Arc<crate::local::LocalModels>,
+}
+
+impl NodeProviders {
+    /// Remote calls through `remote`, local ones through `local`.
+    pub fn new(remote: RemoteProviders, local: Arc<crate::local::LocalModels>) -> Self {
+        Self { remote, local }
+    }
+}
+
+impl BackendFactory for NodeProviders {
+    fn build(&self, tenant: &str, name: &str, model: &Model) -> Result<Arc<dyn Backend>, String> {
+        match (model.provider, model.path.as_deref()) {
+            (ModelProvider::Local, Some(path)) => Ok(Arc::new(crate::local::LocalBackend::new(
+                self.local.clone(),
+                path.to_string(),
+                model.max_output_tokens.map(std::num::NonZeroU32::get),
+            ))),
+            _ => self.remote.build(tenant, name, model),
+        }
     }
 }
 

@@ -137,6 +137,11 @@ impl CacheKey {
     fn size(&self) -> usize {
         self.tenant.len() + self.request.len() + 64
     }
+
+    /// The normalised request (the fields, without the tenant).
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.request
+    }
 }
 
 /// Hits and misses since start.
@@ -387,7 +392,7 @@ fn key_of(call: &Call) -> Option<CacheKey> {
 /// What the cache keeps of an answer: what a hit serves (no usage or
 /// steps: nothing runs on a hit) and the first run's cost, which a hit
 /// saves. Copied once, here; the request's own outcome goes on outward.
-fn cached(outcome: &Outcome) -> Outcome {
+pub(super) fn cached(outcome: &Outcome) -> Outcome {
     Outcome {
         status: outcome.status,
         output: outcome.output.clone(),

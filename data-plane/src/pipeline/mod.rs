@@ -14,12 +14,14 @@ pub mod backends;
 pub mod cache;
 pub mod call;
 pub mod catalog;
+pub mod embed;
 pub mod error;
 pub mod guard;
 pub mod idempotency;
 pub mod policy;
 pub mod ratelimit;
 pub mod route;
+pub mod semantic;
 pub mod stage;
 
 #[cfg(test)]
@@ -32,7 +34,7 @@ use tonic::metadata::MetadataMap;
 use tower::{Service, ServiceExt};
 
 pub use authn::Caller;
-pub use backends::{BackendFactory, Backends, RemoteProviders};
+pub use backends::{BackendFactory, Backends, NodeProviders, RemoteProviders};
 pub use call::{Event, ExecRequest, Input, Outcome, Params, Status};
 pub use catalog::{Catalog, CatalogHandle};
 pub use error::ExecError;
@@ -59,6 +61,9 @@ pub struct Settings {
     pub breakers: BreakerConfig,
     /// Tenant of requests when authentication is switched off (benchmarks).
     pub unauthenticated_tenant: Option<String>,
+    /// The node's LOCAL models: embeddings (`Embed`, the semantic cache).
+    /// `None` = none (benchmarks and tests with their own backends).
+    pub local: Option<Arc<crate::local::LocalModels>>,
 }
 
 impl Default for Settings {
@@ -75,6 +80,7 @@ impl Default for Settings {
             },
             breakers: BreakerConfig::default(),
             unauthenticated_tenant: None,
+            local: None,
         }
     }
 }
@@ -85,6 +91,9 @@ pub struct Pipeline {
     service: stage::PipelineService,
     catalog: CatalogHandle,
     cache: Arc<cache::CacheStage>,
+    semantic: Arc<semantic::SemanticIndex>,
+    local: Option<Arc<crate::local::LocalModels>>,
+    rate_limiter: Arc<RateLimiter>,
 }
 
 impl Pipeline {
@@ -98,10 +107,12 @@ impl Pipeline {
             settings.cache_ttl,
             settings.cache_max_bytes,
         ));
+        let rate_limiter = Arc::new(RateLimiter::default());
+        let semantic = Arc::new(semantic::SemanticIndex::new(settings.cache_ttl));
         let stages = stage::StageSet {
             authenticate: stage::StageLayer(Arc::new(authn::Authenticate)),
             idempotency: stage::StageLayer(Arc::new(idempotency::Idempotency::default())),
-            rate_limit: stage::StageLayer(Arc::new(RateLimiter::default())),
+            rate_limit: stage::StageLayer(rate_limiter.clone()),
             guardrails: stage::StageLayer(Arc::new(guard::InputGuard)),
             policy: stage::StageLayer(Arc::new(policy::PolicyStage)),
             route: stage::StageLayer(Arc::new(route::RouteStage)),
@@ -113,10 +124,25 @@ impl Pipeline {
             settings.stages.guardrails,
             settings.unauthenticated_tenant.clone(),
         );
+        // The semantic cache sits just around the agent loop (inside the
+        // exact cache), where the node has local models to embed with.
+        let semantic_layer = match (&settings.local, settings.stages.cache) {
+            (Some(local), true) => Some(semantic::SemanticLayer::new(
+                semantic.clone(),
+                local.clone(),
+            )),
+            _ => None,
+        };
+        let inner = tower::ServiceBuilder::new()
+            .option_layer(semantic_layer)
+            .service(inner);
         Self {
             service: stage::stack(&stages, settings.stages, inner),
             catalog,
             cache,
+            semantic,
+            local: settings.local,
+            rate_limiter,
         }
     }
 
@@ -152,5 +178,10 @@ impl Pipeline {
     /// Cache hits and misses so far.
     pub fn cache_stats(&self) -> cache::CacheStats {
         self.cache.stats()
+    }
+
+    /// Semantic-cache hits and misses so far.
+    pub fn semantic_stats(&self) -> semantic::SemanticStats {
+        self.semantic.stats()
     }
 }

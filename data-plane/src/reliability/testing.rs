@@ -50,6 +50,7 @@ pub(crate) fn response(content: &str) -> ChatResponse {
             output_tokens: 1,
         },
         finish: FinishReason::Stop,
+        device_cost: None,
     }
 }
 

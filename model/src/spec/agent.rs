@@ -43,7 +43,24 @@ pub struct Agent {
     pub default_deadline: Duration,
     /// True = executions are refused.
     pub disabled: bool,
+    /// Near-duplicate requests served from the cache; `None` = exact-match only.
+    pub semantic_cache: Option<SemanticCache>,
 }
+
+/// Minimum cosine similarity when `SemanticCache.min_similarity` is 0.
+pub const DEFAULT_MIN_SIMILARITY: f64 = 0.9;
+
+/// Semantic caching of an agent's answers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SemanticCache {
+    /// The embedding model (a recorded reference to a Model).
+    pub embedding_model: String,
+    /// Cosine similarity in (0, 1] at or above which a cached answer is served.
+    pub min_similarity: f64,
+}
+
+// `min_similarity` is finite (validated), so equality is total.
+impl Eq for SemanticCache {}
 
 impl Agent {
     /// The agent's criticality for `action`: the highest of every matching
@@ -154,6 +171,10 @@ pub(crate) fn agent(ctx: &mut Ctx, s: &pb::AgentSpec, path: &str) -> Option<Agen
         DEFAULT_DEADLINE,
         &format!("{path}.default_deadline"),
     );
+    let semantic_cache = match &s.semantic_cache {
+        None => Some(None),
+        Some(cache) => semantic_cache(ctx, cache, &format!("{path}.semantic_cache")).map(Some),
+    };
     Some(Agent {
         description: s.description.clone(),
         system_prompt: s.system_prompt.clone(),
@@ -165,6 +186,32 @@ pub(crate) fn agent(ctx: &mut Ctx, s: &pb::AgentSpec, path: &str) -> Option<Agen
         max_steps: NonZeroU32::new(s.max_steps).unwrap_or(DEFAULT_MAX_STEPS),
         default_deadline: default_deadline?,
         disabled: s.disabled,
+        semantic_cache: semantic_cache?,
+    })
+}
+
+fn semantic_cache(ctx: &mut Ctx, s: &pb::SemanticCache, path: &str) -> Option<SemanticCache> {
+    let model_path = format!("{path}.embedding_model");
+    let embedding_model = if s.embedding_model.is_empty() {
+        ctx.violation(model_path, "is required");
+        None
+    } else {
+        ctx.reference(Kind::Model, &s.embedding_model, model_path)
+    };
+    let min_similarity = match s.min_similarity {
+        0.0 => Some(DEFAULT_MIN_SIMILARITY),
+        x if x.is_finite() && x > 0.0 && x <= 1.0 => Some(x),
+        x => {
+            ctx.violation(
+                format!("{path}.min_similarity"),
+                format!("{x} is not in (0, 1]"),
+            );
+            None
+        }
+    };
+    Some(SemanticCache {
+        embedding_model: embedding_model?,
+        min_similarity: min_similarity?,
     })
 }
 

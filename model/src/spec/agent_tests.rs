@@ -227,3 +227,38 @@ fn tool_timeout_is_positive() {
     s.timeout = dur(-1);
     assert_eq!(fields(&resource(s)), ["tool.timeout"]);
 }
+
+#[test]
+fn semantic_cache_names_an_embedding_model_and_a_threshold() {
+    let mut s = agent_spec();
+    assert_eq!(agent_of(s.clone()).semantic_cache, None);
+    s.semantic_cache = Some(pb::SemanticCache {
+        embedding_model: "minilm".into(),
+        min_similarity: 0.0,
+    });
+    let v = validate(&resource(s.clone())).unwrap();
+    assert!(v.references.contains(&Reference {
+        kind: Kind::Model,
+        name: "minilm".into(),
+        field: "agent.semantic_cache.embedding_model".into()
+    }));
+    let cache = agent_of(s.clone()).semantic_cache.unwrap();
+    assert_eq!(cache.min_similarity, DEFAULT_MIN_SIMILARITY);
+
+    for bad in [-0.1, 1.5, f64::NAN, f64::INFINITY] {
+        s.semantic_cache = Some(pb::SemanticCache {
+            embedding_model: "minilm".into(),
+            min_similarity: bad,
+        });
+        assert_eq!(
+            fields(&resource(s.clone())),
+            ["agent.semantic_cache.min_similarity"],
+            "{bad}"
+        );
+    }
+    s.semantic_cache = Some(pb::SemanticCache::default());
+    assert_eq!(
+        fields(&resource(s)),
+        ["agent.semantic_cache.embedding_model"]
+    );
+}

@@ -1,5 +1,6 @@
 //! `aiosctl dev`: a control plane with the embedded store and a data plane
-//! in this process, on free loopback ports, until Ctrl-C.
+//! in this process, on free loopback ports, until Ctrl-C; with tenant `demo`
+//! seeded so the local model answers at once (see `demo.rs`).
 
 use std::{path::Path, time::Duration};
 
@@ -8,7 +9,7 @@ use aios_data_plane::{ControlPlaneUrl, DataPlane};
 use aios_runtime::logging;
 use serde::Serialize;
 
-use crate::{Globals, output};
+use crate::{Globals, demo, output};
 
 /// How long in-flight calls may run after Ctrl-C.
 const GRACE: Duration = Duration::from_secs(5);
@@ -18,6 +19,9 @@ struct DevEndpoints {
     state_dir: String,
     /// The platform admin key of this dev environment.
     api_key: String,
+    /// The caller key of tenant `demo`, whose agent `assistant` answers
+    /// with the local model.
+    demo_api_key: String,
     control_plane: PlaneEndpoints,
     data_plane: PlaneEndpoints,
 }
@@ -40,6 +44,7 @@ pub async fn run(globals: &Globals, state_dir: &Path, log: &str) -> Result<i32, 
         .map_err(|e| format!("cannot create state dir {}: {e}", node_dir.display()))?;
 
     let api_key = dev_admin_key(state_dir)?;
+    let (gguf, minilm) = demo::model_files()?;
     let mut cp_config = aios_control_plane::Config::local(state_dir);
     cp_config.bootstrap_admin_key = Some(aios_control_plane::Secret::new(api_key.clone())?);
     let control_plane = ControlPlane::start(&cp_config)
@@ -51,10 +56,19 @@ pub async fn run(globals: &Globals, state_dir: &Path, log: &str) -> Result<i32, 
     let data_plane = DataPlane::start(&dp_config)
         .await
         .map_err(|e| e.to_string())?;
+    let mut admin = aios_client::admin::AdminClient::connect(
+        &cp_url.to_string(),
+        Some(&api_key),
+        Duration::from_secs(10),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let demo = demo::seed(&mut admin, state_dir, &gguf, &minilm).await?;
 
     let endpoints = DevEndpoints {
         state_dir: state_dir.display().to_string(),
         api_key,
+        demo_api_key: demo.api_key,
         control_plane: PlaneEndpoints {
             grpc: cp_url.to_string(),
             admin: format!("http://{}", control_plane.admin_addr()),
@@ -97,6 +111,14 @@ fn banner(e: &DevEndpoints) -> String {
          Platform admin key (kept in {state}/admin.key):\n\
          \x20 export AIOS_API_KEY={api_key}\n\
          \n\
+         Ask the local model (agent `assistant` of tenant `demo`, SmolLM2 on this machine;\n\
+         the first answer waits for the model to load, a few seconds):\n\
+         \x20 curl -s {openai}/chat/completions -H 'authorization: Bearer {demo_key}' \\\n\
+         \x20   -H 'content-type: application/json' \\\n\
+         \x20   -d '{{\"model\":\"assistant\",\"messages\":[{{\"role\":\"user\",\"content\":\"What is the capital of France?\"}}]}}'\n\
+         \x20 Any OpenAI SDK works too: base_url={openai}, api_key={demo_key}, model=assistant;\n\
+         \x20 embeddings with model=minilm.\n\
+         \n\
          Try, in another terminal:\n\
          \x20 export AIOS_ENDPOINT={cp_grpc} AIOS_API_KEY={api_key}\n\
          \x20 {aiosctl} status --data-plane {dp_grpc}\n\
@@ -108,6 +130,7 @@ fn banner(e: &DevEndpoints) -> String {
          Press Ctrl-C to stop.\n",
         state = e.state_dir,
         api_key = e.api_key,
+        demo_key = e.demo_api_key,
         cp_grpc = cp.grpc,
         cp_admin = cp.admin,
         dp_grpc = dp.grpc,

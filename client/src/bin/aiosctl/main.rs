@@ -3,6 +3,7 @@
 mod apply;
 mod audit;
 mod delete;
+mod demo;
 mod dev;
 mod diff;
 mod fleet;

@@ -490,6 +490,7 @@ pub(crate) fn conclude(
         tool_calls,
         usage,
         finish,
+        device_cost: None,
     })
 }
 

@@ -66,6 +66,7 @@ impl Backend for Scripted {
                 tool_calls: Vec::new(),
                 usage,
                 finish: FinishReason::Stop,
+                device_cost: None,
             }),
             Some(Turn::Tools(calls)) => Ok(ChatResponse {
                 content: String::new(),
@@ -80,6 +81,7 @@ impl Backend for Scripted {
                     .collect(),
                 usage,
                 finish: FinishReason::ToolCalls,
+                device_cost: None,
             }),
             Some(Turn::Fail(kind)) => Err(BackendError::new(kind, "scripted")),
             Some(Turn::Hang) => std::future::pending().await,

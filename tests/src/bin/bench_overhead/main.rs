@@ -28,17 +28,33 @@
 //!    what "per core" means when the load generator shares the machine.
 //! 3. Where the time goes: the pipeline in process (no gRPC) with stages
 //!    switched on one by one, and the stage functions alone.
+//! 4. The data plane as an OpenAI-compatible gateway, comparable to
+//!    published gateway benchmarks: the same `POST /v1/chat/completions`
+//!    straight to an instant HTTP provider and through the node's HTTP API
+//!    to it (the real remote backend, over loopback); the added latency at
+//!    one request in flight, with stages off (the gateway alone) and on,
+//!    and the throughput through the HTTP API with p99 < 20 ms. See
+//!    `gateway.rs`.
 //!
 //! The parts: `setup.rs` (the config snapshot, requests, instant backend),
 //! `node.rs` (a node on its own thread), `measure.rs` (1 and 2),
-//! `stages.rs` (3), `report.rs` (the tables).
+//! `stages.rs` (3), `provider.rs` and `gateway.rs` (4), `report.rs` (the
+//! tables).
 //!
-//! cargo run --release -p aios-tests --bin bench-overhead -- [--requests N] [--warmup N] [--block N] [--step-secs S] [--concurrency 1,2,4,…] [--connections C] [--client-threads T] [--micro N] [--no-throughput] [--no-micro]
+//! cargo run --release -p aios-tests --bin bench-overhead -- [--requests N] [--warmup N] [--block N] [--step-secs S] [--concurrency 1,2,4,…] [--connections C] [--client-threads T] [--micro N] [--http-requests N] [--http-warmup N] [--no-throughput] [--no-micro] [--no-grpc] [--no-http]
+//!
+//! `--requests`/`--warmup` size part 1, `--http-requests`/`--http-warmup`
+//! part 4 (per node, target and client placement); `--block`,
+//! `--step-secs` and `--concurrency` apply to both; `--no-throughput`
+//! skips the throughput of both; `--no-grpc` skips parts 1 and 2,
+//! `--no-micro` part 3, `--no-http` part 4.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark program: printing is its job
 
+mod gateway;
 mod measure;
 mod node;
+mod provider;
 mod report;
 mod setup;
 mod stages;
@@ -56,8 +72,8 @@ use serde_json::{Value, json};
 use tonic::metadata::AsciiMetadataValue;
 
 use measure::{P99_BOUND, STEP_WARMUP, TARGET_ADDED_P99_US, TARGET_RPS_PER_CORE};
-use node::{Node, connect};
-use setup::{NO_STAGES, SECRET, grpc_request, node_config};
+use node::{Node, NodeSpec, connect};
+use setup::{InstantModels, NO_STAGES, SECRET, UNCALLED_ENDPOINT, grpc_request, node_config};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
@@ -73,8 +89,12 @@ pub(crate) struct Options {
     pub(crate) connections: usize,
     pub(crate) client_threads: usize,
     pub(crate) micro: usize,
+    pub(crate) http_requests: usize,
+    pub(crate) http_warmup: usize,
     pub(crate) throughput: bool,
     pub(crate) micro_on: bool,
+    pub(crate) grpc: bool,
+    pub(crate) http: bool,
 }
 
 fn parse_args() -> Options {
@@ -90,8 +110,14 @@ fn parse_args() -> Options {
         connections: 4,
         client_threads: 1,
         micro: 20_000,
+        // As for part 1: 40,000 requests through the "on" gateway fill its
+        // response cache before anything is measured.
+        http_requests: 20_000,
+        http_warmup: 20_000,
         throughput: true,
         micro_on: true,
+        grpc: true,
+        http: true,
     };
     let mut args = Args::from_env();
     while let Some(arg) = args.next() {
@@ -103,6 +129,8 @@ fn parse_args() -> Options {
             "--connections" => options.connections = positive(&arg, &value()),
             "--client-threads" => options.client_threads = positive(&arg, &value()),
             "--micro" => options.micro = positive(&arg, &value()),
+            "--http-requests" => options.http_requests = positive(&arg, &value()),
+            "--http-warmup" => options.http_warmup = positive(&arg, &value()),
             "--step-secs" => {
                 let text = value();
                 options.step = text
@@ -119,6 +147,8 @@ fn parse_args() -> Options {
             }
             "--no-throughput" => options.throughput = false,
             "--no-micro" => options.micro_on = false,
+            "--no-grpc" => options.grpc = false,
+            "--no-http" => options.http = false,
             other => exit_config(&format!(
                 "unknown option {other}; see the header of tests/src/bin/bench_overhead/main.rs"
             )),
@@ -128,18 +158,79 @@ fn parse_args() -> Options {
 }
 
 async fn run(options: &Options, machine: &Machine) -> Result<()> {
-    let config = node_config()?;
+    let config = node_config(UNCALLED_ENDPOINT)?;
     // A control-plane address nothing listens on: the nodes serve the
     // snapshot they find on disk, as after a restart during an outage.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let control_plane = format!("http://{closed}");
+    let counter = Arc::new(AtomicU64::new(0));
+    let (mut latency, mut throughput_results) = (Value::Null, Value::Null);
+    if options.grpc {
+        (latency, throughput_results) = grpc(options, &config, &control_plane, &counter).await?;
+    }
+    let mut http = Value::Null;
+    if options.http {
+        http = gateway::run(options, &control_plane, &counter).await?;
+    }
+    let (mut stage_rows, mut functions_rows) = (Value::Null, Value::Null);
+    if options.micro_on {
+        eprintln!("where the time goes: in-process pipeline and stage functions…");
+        stage_rows = Value::from(stages::ladder(options, &config, &counter).await?);
+        functions_rows = Value::from(stages::functions(options, &config)?);
+    }
+    let results = json!({
+        "latency": latency,
+        "throughput": throughput_results,
+        "stages": stage_rows,
+        "functions": functions_rows,
+        "http": http,
+    });
+    report::report(options, machine, &results);
+    let summary = json!({
+        "bench": "overhead",
+        "machine": { "nproc": machine.nproc, "cpu": machine.cpu },
+        "options": {
+            "requests": options.requests,
+            "warmup": options.warmup,
+            "block": options.block,
+            "step_secs": options.step.as_secs_f64(),
+            "concurrency": options.concurrency,
+            "connections": options.connections,
+            "client_threads": options.client_threads,
+            "micro": options.micro,
+            "http_requests": options.http_requests,
+            "http_warmup": options.http_warmup,
+        },
+        "targets": { "added_p99_us": TARGET_ADDED_P99_US, "rps_per_core": TARGET_RPS_PER_CORE, "p99_bound_ms": P99_BOUND.as_secs_f64() * 1000.0 },
+        "published": { "litellm_rust_added_p99_us": gateway::LITELLM_RUST_P99_US, "bifrost_added_p99_us": gateway::BIFROST_P99_US },
+        "results": results,
+    });
+    println!("{summary}");
+    Ok(())
+}
+
+/// Parts 1 and 2: two nodes with the instant in-process backend, over gRPC.
+async fn grpc(
+    options: &Options,
+    config: &aios_data_plane::fleet::NodeConfig,
+    control_plane: &str,
+    counter: &Arc<AtomicU64>,
+) -> Result<(Value, Value)> {
     let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
     for dir in &dirs {
-        aios_data_plane::fleet::persist::write(dir.path(), &config)?;
+        aios_data_plane::fleet::persist::write(dir.path(), config)?;
     }
-    let off = Node::start("off", dirs[0].path(), &control_plane, NO_STAGES)?;
-    let on = Node::start("on", dirs[1].path(), &control_plane, Stages::ALL)?;
-    let counter = Arc::new(AtomicU64::new(0));
+    let start = |name, dir: &tempfile::TempDir, stages| {
+        Node::start(NodeSpec {
+            name,
+            state_dir: dir.path(),
+            control_plane,
+            stages,
+            backends: Arc::new(InstantModels),
+        })
+    };
+    let off = start("off", &dirs[0], NO_STAGES)?;
+    let on = start("on", &dirs[1], Stages::ALL)?;
 
     // What the "on" node does with the bench request, for the record.
     let mut probe = connect(on.addr).await?;
@@ -159,47 +250,17 @@ async fn run(options: &Options, machine: &Machine) -> Result<()> {
     drop(probe);
 
     eprintln!("latency: {} requests per node…", options.requests);
-    let latency = measure::latency(options, [&off, &on], &counter).await?;
-    let mut throughput_results = Value::Null;
+    let latency = measure::latency(options, [&off, &on], counter).await?;
+    let mut throughput = Value::Null;
     if options.throughput {
         eprintln!("throughput: stepping concurrency…");
-        let off_t = measure::throughput(options, "off", &off, &counter).await?;
-        let on_t = measure::throughput(options, "on", &on, &counter).await?;
-        throughput_results = json!({ "off": off_t, "on": on_t });
+        let off_t = measure::throughput(options, "off", &off, counter).await?;
+        let on_t = measure::throughput(options, "on", &on, counter).await?;
+        throughput = json!({ "off": off_t, "on": on_t });
     }
     off.stop().await;
     on.stop().await;
-    let (mut stage_rows, mut functions_rows) = (Value::Null, Value::Null);
-    if options.micro_on {
-        eprintln!("where the time goes: in-process pipeline and stage functions…");
-        stage_rows = Value::from(stages::ladder(options, &config, &counter).await?);
-        functions_rows = Value::from(stages::functions(options, &config)?);
-    }
-    let results = json!({
-        "latency": latency,
-        "throughput": throughput_results,
-        "stages": stage_rows,
-        "functions": functions_rows,
-    });
-    report::report(options, machine, &results);
-    let summary = json!({
-        "bench": "overhead",
-        "machine": { "nproc": machine.nproc, "cpu": machine.cpu },
-        "options": {
-            "requests": options.requests,
-            "warmup": options.warmup,
-            "block": options.block,
-            "step_secs": options.step.as_secs_f64(),
-            "concurrency": options.concurrency,
-            "connections": options.connections,
-            "client_threads": options.client_threads,
-            "micro": options.micro,
-        },
-        "targets": { "added_p99_us": TARGET_ADDED_P99_US, "rps_per_core": TARGET_RPS_PER_CORE, "p99_bound_ms": P99_BOUND.as_secs_f64() * 1000.0 },
-        "results": results,
-    });
-    println!("{summary}");
-    Ok(())
+    Ok((latency, throughput))
 }
 
 fn main() {

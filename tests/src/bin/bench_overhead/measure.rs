@@ -1,5 +1,6 @@
 //! Parts 1 and 2 of the bench, over gRPC: latency at one request in
-//! flight, throughput on one core, and the statistics both report.
+//! flight, throughput on one core, and the statistics and stepping that
+//! part 4 (over HTTP) shares.
 
 use std::{
     sync::{
@@ -43,7 +44,7 @@ pub(crate) fn mean(samples: &[Duration]) -> f64 {
     bench::us(samples.iter().sum::<Duration>()) / samples.len() as f64
 }
 
-fn summary(samples: &mut [Duration]) -> Value {
+pub(crate) fn summary(samples: &mut [Duration]) -> Value {
     samples.sort();
     json!({
         "n": samples.len(),
@@ -185,29 +186,57 @@ async fn step(
             }
         });
     }
-    tokio::time::sleep_until(start.into()).await;
-    let (server0, process0) = (node.cpu.read(), process_cpu());
-    tokio::time::sleep_until(end.into()).await;
-    let (server1, process1) = (node.cpu.read(), process_cpu());
+    let (server_cpu, process) = cpu_over(start, end, node).await;
     let mut samples = Vec::new();
     while let Some(joined) = loops.join_next().await {
         samples.extend(joined??);
     }
+    Ok(step_figures(
+        concurrency,
+        &mut samples,
+        measure,
+        server_cpu,
+        process,
+    ))
+}
+
+/// Waits until `end`, reading CPU time at `start` and `end`: the node's
+/// thread's and the whole process's, within the window.
+pub(crate) async fn cpu_over(start: Instant, end: Instant, node: &Node) -> (Duration, Duration) {
+    tokio::time::sleep_until(start.into()).await;
+    let (server0, process0) = (node.cpu.read(), process_cpu());
+    tokio::time::sleep_until(end.into()).await;
+    let (server1, process1) = (node.cpu.read(), process_cpu());
+    (
+        server1.saturating_sub(server0),
+        process1.saturating_sub(process0),
+    )
+}
+
+/// A throughput step's figures from its latencies and the CPU time its
+/// `window` took.
+pub(crate) fn step_figures(
+    concurrency: usize,
+    samples: &mut [Duration],
+    window: Duration,
+    server_cpu: Duration,
+    process_cpu: Duration,
+) -> Value {
     samples.sort();
-    let seconds = measure.as_secs_f64();
+    let seconds = window.as_secs_f64();
     let rps = samples.len() as f64 / seconds;
-    let server_cpu = (server1.saturating_sub(server0)).as_secs_f64() / seconds;
-    let process = (process1.saturating_sub(process0)).as_secs_f64() / seconds;
-    Ok(json!({
+    let server_cpu = server_cpu.as_secs_f64() / seconds;
+    let process = process_cpu.as_secs_f64() / seconds;
+    json!({
         "concurrency": concurrency,
         "rps": rps,
-        "p50_ms": percentile(&samples, 0.50) / 1000.0,
-        "p99_ms": percentile(&samples, 0.99) / 1000.0,
-        "p999_ms": percentile(&samples, 0.999) / 1000.0,
+        "p50_ms": percentile(samples, 0.50) / 1000.0,
+        "p99_ms": percentile(samples, 0.99) / 1000.0,
+        "p999_ms": percentile(samples, 0.999) / 1000.0,
         "server_cores": server_cpu,
         "process_cores": process,
         "server_cpu_us_per_request": if rps > 0.0 { server_cpu * 1e6 / rps } else { 0.0 },
-    }))
+    })
 }
 
 pub(crate) async fn throughput(
@@ -220,16 +249,25 @@ pub(crate) async fn throughput(
     for _ in 0..options.connections {
         clients.push(connect(node.addr).await?);
     }
+    let clients = &clients;
+    let measure = options.step - STEP_WARMUP;
+    stepped(options, name, async |concurrency| {
+        step(clients, concurrency, measure, node, counter).await
+    })
+    .await
+}
+
+/// Steps concurrency up through `options.concurrency`, each step measured
+/// by `step`, until p99 reaches the bound; the best step under it, and
+/// every step.
+pub(crate) async fn stepped(
+    options: &Options,
+    name: &str,
+    mut step: impl AsyncFnMut(usize) -> Result<Value>,
+) -> Result<Value> {
     let mut steps = Vec::new();
     for &concurrency in &options.concurrency {
-        let result = step(
-            &clients,
-            concurrency,
-            options.step - STEP_WARMUP,
-            node,
-            counter,
-        )
-        .await?;
+        let result = step(concurrency).await?;
         eprintln!(
             "  {name:>3} c={concurrency:<4} {:>9.0} req/s  p99 {:>7.2} ms  server {:.2} cores",
             field(&result, "rps"),

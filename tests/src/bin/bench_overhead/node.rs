@@ -8,13 +8,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aios_data_plane::{DataPlane, pipeline::Stages};
+use aios_data_plane::{
+    DataPlane,
+    pipeline::{BackendFactory, Stages},
+};
 use aios_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::setup::{InstantModels, resources, settings};
+use crate::setup::{UNCALLED_ENDPOINT, resources, settings};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -58,26 +61,50 @@ pub(crate) fn process_cpu() -> Duration {
 /// Work sent to run on a node's thread.
 type Job = futures::future::BoxFuture<'static, ()>;
 
+/// What a node starts with.
+#[derive(Debug)]
+pub(crate) struct NodeSpec<'a> {
+    pub(crate) name: &'a str,
+    /// Where its config snapshot is: the node serves what it finds there.
+    pub(crate) state_dir: &'a Path,
+    pub(crate) control_plane: &'a str,
+    pub(crate) stages: Stages,
+    /// How it calls its models: in process, or over HTTP.
+    pub(crate) backends: Arc<dyn BackendFactory>,
+}
+
 /// A data-plane node serving from its own OS thread (one core), which
 /// also runs jobs sent to it (a client sharing the node's thread).
 #[derive(Debug)]
 pub(crate) struct Node {
+    /// gRPC.
     pub(crate) addr: SocketAddr,
+    /// The OpenAI-compatible HTTP API.
+    pub(crate) http: SocketAddr,
     pub(crate) cpu: ThreadCpu,
     jobs: mpsc::UnboundedSender<Job>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-type Ready = Result<(SocketAddr, Option<ThreadCpu>, usize)>;
+/// What the node's thread reports once serving.
+struct Started {
+    grpc: SocketAddr,
+    http: Option<SocketAddr>,
+    cpu: Option<ThreadCpu>,
+    /// Resources loaded from the snapshot.
+    held: usize,
+}
 
 impl Node {
-    pub(crate) fn start(
-        name: &str,
-        state_dir: &Path,
-        control_plane: &str,
-        stages: Stages,
-    ) -> Result<Self> {
+    pub(crate) fn start(spec: NodeSpec<'_>) -> Result<Self> {
+        let NodeSpec {
+            name,
+            state_dir,
+            control_plane,
+            stages,
+            backends,
+        } = spec;
         let mut config = aios_data_plane::Config::local(
             control_plane
                 .parse()
@@ -85,7 +112,7 @@ impl Node {
             state_dir.to_path_buf(),
         );
         config.node.node_id = format!("bench-{name}");
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Ready>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Started>>();
         let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
         let (jobs, mut jobs_rx) = mpsc::unbounded_channel::<Job>();
         let thread = std::thread::Builder::new()
@@ -102,9 +129,7 @@ impl Node {
                     }
                 };
                 runtime.block_on(async move {
-                    let plane =
-                        DataPlane::start_with(&config, Arc::new(InstantModels), settings(stages))
-                            .await;
+                    let plane = DataPlane::start_with(&config, backends, settings(stages)).await;
                     let plane = match plane {
                         Ok(plane) => plane,
                         Err(error) => {
@@ -112,8 +137,12 @@ impl Node {
                             return;
                         }
                     };
-                    let held = plane.node_config().current().resources.len();
-                    let _ = ready_tx.send(Ok((plane.grpc_addr(), ThreadCpu::current(), held)));
+                    let _ = ready_tx.send(Ok(Started {
+                        grpc: plane.grpc_addr(),
+                        http: plane.http_addr(),
+                        cpu: ThreadCpu::current(),
+                        held: plane.node_config().current().resources.len(),
+                    }));
                     loop {
                         tokio::select! {
                             _ = &mut stop_rx => break,
@@ -126,16 +155,22 @@ impl Node {
                     plane.shutdown(Duration::from_secs(2)).await;
                 });
             })?;
-        let (addr, cpu, held) = ready_rx
+        let started = ready_rx
             .recv_timeout(START_TIMEOUT)
             .map_err(|_| anyhow!("node {name} did not start within {START_TIMEOUT:?}"))??;
-        let expected = resources().len();
-        if held != expected {
-            bail!("node {name} loaded {held} of the {expected} resources in its snapshot");
+        let expected = resources(UNCALLED_ENDPOINT).len();
+        if started.held != expected {
+            bail!(
+                "node {name} loaded {} of the {expected} resources in its snapshot",
+                started.held
+            );
         }
         Ok(Self {
-            addr,
-            cpu: cpu.context("cannot read /proc/thread-self (Linux only)")?,
+            addr: started.grpc,
+            http: started.http.context("the node serves no HTTP API")?,
+            cpu: started
+                .cpu
+                .context("cannot read /proc/thread-self (Linux only)")?,
             jobs,
             stop: Some(stop_tx),
             thread: Some(thread),

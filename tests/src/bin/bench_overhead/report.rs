@@ -5,6 +5,7 @@ use serde_json::Value;
 
 use crate::{
     Options,
+    gateway::{BIFROST_P99_US, LITELLM_RUST_P99_US},
     measure::{P99_BOUND, TARGET_ADDED_P99_US, TARGET_RPS_PER_CORE, field},
 };
 
@@ -42,7 +43,7 @@ fn print_table(title: &str, header: &[&str], rows: &[Vec<String>]) {
 
 pub(crate) fn report(options: &Options, machine: &Machine, results: &Value) {
     println!(
-        "bench-overhead: instant backend; every request a cache miss; spans not built yet (telemetry issue)"
+        "bench-overhead: instant backend (in process in parts 1-3; an instant HTTP provider in part 4); every request a cache miss; spans not built yet (telemetry issue)"
     );
     println!(
         "machine: {} CPUs, {} (the load generator shares the machine)",
@@ -85,7 +86,7 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Value) {
         print_table(&title, &header, &rows);
     }
     let throughput = &results["throughput"];
-    if !throughput.is_null() {
+    if !throughput.is_null() && !throughput["off"].is_null() {
         let mut rows = Vec::new();
         for name in ["off", "on"] {
             for step in throughput[name]["steps"].as_array().into_iter().flatten() {
@@ -152,5 +153,118 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Value) {
             .collect();
         let title = "3b. stage functions alone, on the bench request (ns per call, timer included)";
         print_table(title, &["function", "p50", "p99", "mean"], &rows);
+    }
+    if !results["http"].is_null() {
+        report_http(options, &results["http"]);
+    }
+}
+
+/// Part 4: the data plane as an OpenAI-compatible gateway over HTTP.
+fn report_http(options: &Options, http: &Value) {
+    if let Some(places) = http["latency"].as_object() {
+        let mut rows = Vec::new();
+        for (place, latency) in places {
+            for name in ["off", "on"] {
+                let node = &latency[name];
+                for series in ["direct", "gateway"] {
+                    let mut row = vec![place.clone(), name.into(), series.into()];
+                    row.extend(cells(
+                        &node[series],
+                        &["p50_us", "p99_us", "p999_us", "mean_us"],
+                        1,
+                    ));
+                    rows.push(row);
+                }
+                let mut row = vec![place.clone(), name.into(), "added".into()];
+                row.extend(cells(
+                    node,
+                    &[
+                        "added_p50_us",
+                        "added_p99_us",
+                        "added_p999_us",
+                        "added_mean_us",
+                    ],
+                    1,
+                ));
+                rows.push(row);
+            }
+        }
+        let title = format!(
+            "4a. OpenAI-compatible HTTP at 1 in flight: straight to the instant provider (direct) and through the node's /v1/chat/completions (gateway), {} requests each, blocks of {} (µs; off = stages off, the gateway alone; on = every stage)",
+            options.http_requests, options.block
+        );
+        let header = ["client on", "node", "to", "p50", "p99", "p99.9", "mean"];
+        print_table(&title, &header, &rows);
+        for (place, latency) in places {
+            let added = |name: &str, key: &str| field(&latency[name], key);
+            println!(
+                "{place}: gateway alone (stages off) adds p50 {:.1} / p99 {:.1} µs; every stage on adds p50 {:.1} / p99 {:.1} µs (the stages themselves p50 {:.1} / p99 {:.1})",
+                added("off", "added_p50_us"),
+                added("off", "added_p99_us"),
+                added("on", "added_p50_us"),
+                added("on", "added_p99_us"),
+                field(latency, "stages_added_p50_us"),
+                field(latency, "stages_added_p99_us"),
+            );
+        }
+        println!(
+            "published p99 added: LiteLLM-Rust {LITELLM_RUST_P99_US} µs, Bifrost {BIFROST_P99_US} µs (without JSON and the upstream call); target ≤ {TARGET_ADDED_P99_US} µs"
+        );
+        if let Some(node_thread) = places.get("node_thread") {
+            for name in ["off", "on"] {
+                let p99 = field(&node_thread[name], "added_p99_us");
+                println!(
+                    "  {name:>3}, client on the node's thread: p99 added {p99:.1} µs = {:.2}× LiteLLM-Rust, {:.2}× Bifrost, {:.2}× the target",
+                    p99 / LITELLM_RUST_P99_US,
+                    p99 / BIFROST_P99_US,
+                    p99 / TARGET_ADDED_P99_US,
+                );
+            }
+        }
+    }
+    let throughput = &http["throughput"];
+    if throughput.is_null() {
+        return;
+    }
+    let mut rows = Vec::new();
+    for name in ["off", "on"] {
+        for step in throughput[name]["steps"].as_array().into_iter().flatten() {
+            let mut row = vec![name.to_string()];
+            row.extend(cells(step, &["concurrency", "rps"], 0));
+            row.extend(cells(
+                step,
+                &["p50_ms", "p99_ms", "server_cores", "process_cores"],
+                2,
+            ));
+            row.extend(cells(step, &["server_cpu_us_per_request"], 1));
+            rows.push(row);
+        }
+    }
+    let title = format!(
+        "4b. HTTP throughput through the node's /v1/chat/completions, node on one thread, the provider on the load's thread, one connection per request in flight, {:.1} s per step",
+        options.step.as_secs_f64()
+    );
+    let header = [
+        "node",
+        "in flight",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "node cores",
+        "process cores",
+        "node µs CPU/req",
+    ];
+    print_table(&title, &header, &rows);
+    for name in ["off", "on"] {
+        let (t, best) = (&throughput[name], &throughput[name]["best"]);
+        println!(
+            "{name:>3}: best with p99 < {} ms: {:.0} req/s at {} in flight ({:.2} node cores, {:.1} µs node CPU/request: {:.0} req/s per core)",
+            P99_BOUND.as_millis(),
+            field(best, "rps"),
+            field(best, "concurrency"),
+            field(best, "server_cores"),
+            field(t, "server_cpu_us_per_request"),
+            field(t, "capacity_per_core_rps"),
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! The bench's world: the config snapshot both nodes serve, the requests,
+//! The bench's world: the config snapshot the nodes serve, the requests,
 //! and the instant backend.
 
 use std::sync::Arc;
@@ -48,7 +48,13 @@ fn resource(tenant: &str, name: &str, spec: Spec) -> pb::Resource {
     }
 }
 
-pub(crate) fn resources() -> Vec<pb::Resource> {
+/// Where the gRPC part's models point: never called, its nodes' backend
+/// factory answers in process.
+pub(crate) const UNCALLED_ENDPOINT: &str = "http://127.0.0.1:9/v1";
+
+/// The bench's resources, every model at `endpoint` (an OpenAI-compatible
+/// base URL, `…/v1`).
+pub(crate) fn resources(endpoint: &str) -> Vec<pb::Resource> {
     let rule = |glob: &str, criticality: pb::Criticality| pb::ActionRule {
         action_glob: glob.into(),
         criticality: criticality as i32,
@@ -162,8 +168,7 @@ pub(crate) fn resources() -> Vec<pb::Resource> {
             Spec::Model(pb::ModelSpec {
                 provider: pb::ModelProvider::OpenaiCompatible as i32,
                 provider_model: format!("{name}-v1"),
-                // Never called: the bench's backend factory answers in process.
-                endpoint: "http://127.0.0.1:9/v1".into(),
+                endpoint: endpoint.into(),
                 capabilities: vec![pb::ModelCapability::Chat as i32],
                 input_price_usd_per_mtok: input_price,
                 output_price_usd_per_mtok: input_price * 4.0,
@@ -176,13 +181,14 @@ pub(crate) fn resources() -> Vec<pb::Resource> {
     all
 }
 
-/// The config as a node holds it, every resource validated.
-pub(crate) fn node_config() -> Result<NodeConfig> {
+/// The config as a node holds it, every resource validated, every model
+/// at `endpoint`.
+pub(crate) fn node_config(endpoint: &str) -> Result<NodeConfig> {
     let mut config = NodeConfig {
         revision: 1,
         ..Default::default()
     };
-    for resource in resources() {
+    for resource in resources(endpoint) {
         let validated = aios_model::validate(&resource).map_err(|e| {
             anyhow!(
                 "bench resource {:?} is invalid: {e:?}",
@@ -274,6 +280,7 @@ impl Backend for InstantModel {
                 output_tokens: (REPLY.len() / 4) as u64,
             },
             finish: FinishReason::Stop,
+            device_cost: None,
         })
     }
 }
