@@ -30,6 +30,9 @@
 #         return params
 #     low.llama_model_default_params = no_extra_bufts
 #
+#   (Checked with 0.3.36: with the patch, the verbose load log no longer offers
+#   the "preferred buffer type CPU_REPACK".)
+#
 # - at build time, EXTRA_CMAKE_ARGS="-DGGML_CPU_REPACK=OFF" drops the repacking;
 #   AMX kernels are compiled only when -march=native reports AMX (GGML_NATIVE=ON)
 #   or -DGGML_AMX_INT8=ON asks for them, so -DGGML_NATIVE=OFF with the AVX

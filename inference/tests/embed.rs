@@ -402,13 +402,8 @@ async fn full_queue_is_overloaded_at_once() {
         queue_capacity: 1,
         threads: 1,
     });
-    // Long enough to keep the thread busy for a good while (16 x 256 tokens).
-    let busy = strings(&vec![
-        "Aios embeds text on the node that serves it. "
-            .repeat(30)
-            .as_str();
-        16
-    ]);
+    // Long enough to keep the thread busy for a good while (8 x 256 tokens: a second or more).
+    let busy = vec!["Aios embeds text on the node that serves it. ".repeat(30); 8];
     let first = tokio::spawn({
         let embedder = embedder.clone();
         let busy = busy.clone();
@@ -442,7 +437,7 @@ async fn full_queue_is_overloaded_at_once() {
         other => panic!("expected Overloaded, got {other:?}"),
     }
     assert!(!first.is_finished(), "the first request was still running");
-    assert_eq!(first.await.unwrap().unwrap().len(), 16);
+    assert_eq!(first.await.unwrap().unwrap().len(), 8);
     assert_eq!(second.await.unwrap().unwrap().len(), 1);
 }
 

@@ -10,6 +10,10 @@ use super::Embedding;
 use super::load;
 use crate::InferenceError;
 
+/// Truncation when the directory has no `sentence_bert_config.json`:
+/// all-MiniLM-L6-v2's `max_seq_length`, which sentence-transformers uses.
+const DEFAULT_MAX_TOKENS: usize = 256;
+
 /// A BERT-family sentence-transformer loaded from a directory.
 ///
 /// Synchronous and compute-bound: the data plane reaches it through an
@@ -64,7 +68,10 @@ impl EmbeddingModel {
         let bert = BertModel::load(files.weights(device)?, &files.config)
             .map_err(|error| files.weights_error(error))?;
         let max_positions = files.config.max_position_embeddings;
-        let max_tokens = files.max_seq_length.unwrap_or(256).min(max_positions);
+        let max_tokens = files
+            .max_seq_length
+            .unwrap_or(DEFAULT_MAX_TOKENS)
+            .min(max_positions);
         let mut model = Self {
             bert,
             dimensions: files.config.hidden_size,

@@ -1,9 +1,10 @@
 //! Byte-level BPE: the GPT-2 byte alphabet and the merges, on token ids.
 //!
-//! Merges are looked up by pair of ids in one hash map (rank and result), and
-//! each word is merged with a priority queue over a linked list of symbols,
-//! lowest rank first and leftmost first among equals, as llama.cpp's
-//! `llm_tokenizer_bpe_session` does. A merge whose parts or result are not
+//! Merges are looked up by pair of ids in one hash map (rank and result).
+//! Within a word the lowest rank merges first, leftmost first among equals,
+//! as llama.cpp's `llm_tokenizer_bpe_session` does: short words by scanning
+//! their pairs, long ones with a priority queue over a linked list of
+//! symbols (the two agree; a unit test holds them to it). A merge whose parts or result are not
 //! in the vocabulary still takes part (llama.cpp merges strings); such
 //! pieces get ids past the vocabulary and fall back to byte tokens if they
 //! survive to the end.
@@ -173,53 +174,105 @@ impl Merges {
         &self,
         word: &[u8],
         byte_token: &[Option<u32>; 256],
+        scratch: &mut Scratch,
         out: &mut Vec<u32>,
     ) {
         match word {
-            [] => return,
-            [b] => return self.emit(self.byte_symbol[usize::from(*b)], byte_token, out),
-            _ => {}
+            [] => {}
+            [b] => self.emit(self.byte_symbol[usize::from(*b)], byte_token, out),
+            _ if word.len() <= SHORT_WORD => self.merge_short(word, byte_token, scratch, out),
+            _ => self.merge_long(word, byte_token, scratch, out),
         }
-        let mut symbols: Vec<Symbol> = word
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| Symbol {
-                id: self.byte_symbol[usize::from(b)],
-                prev: i.checked_sub(1),
-                next: (i + 1 < word.len()).then_some(i + 1),
-                alive: true,
-            })
-            .collect();
-        let mut queue = BinaryHeap::with_capacity(word.len());
+    }
+
+    /// The merge for a pair of symbols, if any.
+    fn lookup(&self, left: u32, right: u32) -> Option<Merge> {
+        self.merges.get(&pair_key(left, right)).copied()
+    }
+
+    /// Short words (nearly all of them): scan the adjacent pairs for the
+    /// best rank each round. No heap, and only the two pairs next to a merge
+    /// are looked up again.
+    fn merge_short(
+        &self,
+        word: &[u8],
+        byte_token: &[Option<u32>; 256],
+        scratch: &mut Scratch,
+        out: &mut Vec<u32>,
+    ) {
+        let Scratch { ids, pairs, .. } = scratch;
+        ids.clear();
+        ids.extend(word.iter().map(|&b| self.byte_symbol[usize::from(b)]));
+        pairs.clear();
+        pairs.extend(ids.windows(2).map(|w| self.lookup(w[0], w[1])));
+        loop {
+            // Lowest rank, leftmost among equals (strict `<`).
+            let mut best: Option<(usize, Merge)> = None;
+            for (at, merge) in pairs.iter().enumerate() {
+                if let Some(merge) = merge
+                    && best.is_none_or(|(_, b)| merge.rank < b.rank)
+                {
+                    best = Some((at, *merge));
+                }
+            }
+            let Some((at, merge)) = best else { break };
+            ids[at] = merge.result;
+            ids.remove(at + 1);
+            pairs.remove(at);
+            if at < pairs.len() {
+                pairs[at] = self.lookup(ids[at], ids[at + 1]);
+            }
+            if at > 0 {
+                pairs[at - 1] = self.lookup(ids[at - 1], ids[at]);
+            }
+        }
+        for &id in ids.iter() {
+            self.emit(id, byte_token, out);
+        }
+    }
+
+    /// Long words: a priority queue of candidate pairs over a linked list
+    /// of symbols; entries made stale by an earlier merge are skipped.
+    fn merge_long(
+        &self,
+        word: &[u8],
+        byte_token: &[Option<u32>; 256],
+        scratch: &mut Scratch,
+        out: &mut Vec<u32>,
+    ) {
+        let Scratch { symbols, queue, .. } = scratch;
+        symbols.clear();
+        symbols.extend(word.iter().enumerate().map(|(i, &b)| Symbol {
+            id: self.byte_symbol[usize::from(b)],
+            prev: i.checked_sub(1),
+            next: (i + 1 < word.len()).then_some(i + 1),
+            alive: true,
+        }));
+        queue.clear();
         for left in 0..word.len() - 1 {
-            self.push_pair(&symbols, left, left + 1, &mut queue);
+            self.push_pair(symbols, left, queue);
         }
-        while let Some(Reverse(Candidate {
-            left,
-            right,
-            left_id,
-            right_id,
-            result,
-            ..
-        })) = queue.pop()
-        {
-            // Stale: one side has merged since this pair was queued.
-            let (l, r) = (&symbols[left], &symbols[right]);
-            if !l.alive || !r.alive || l.id != left_id || r.id != right_id {
+        while let Some(Reverse(candidate)) = queue.pop() {
+            let left = candidate.left as usize;
+            // Stale: the left symbol has merged (its id changed or it is
+            // gone), or its right neighbour has.
+            let l = symbols[left];
+            let Some(right) = l.next else { continue };
+            if !l.alive || l.id != candidate.left_id || symbols[right].id != candidate.right_id {
                 continue;
             }
-            let next = r.next;
+            let next = symbols[right].next;
             symbols[right].alive = false;
-            symbols[left].id = result;
+            symbols[left].id = candidate.result;
             symbols[left].next = next;
             if let Some(next) = next {
                 symbols[next].prev = Some(left);
             }
-            if let Some(prev) = symbols[left].prev {
-                self.push_pair(&symbols, prev, left, &mut queue);
+            if let Some(prev) = l.prev {
+                self.push_pair(symbols, prev, queue);
             }
-            if let Some(next) = next {
-                self.push_pair(&symbols, left, next, &mut queue);
+            if next.is_some() {
+                self.push_pair(symbols, left, queue);
             }
         }
         let mut at = Some(0);
@@ -229,19 +282,21 @@ impl Merges {
         }
     }
 
+    /// Queues the pair of `left` and its right neighbour, if they merge.
     fn push_pair(
         &self,
         symbols: &[Symbol],
         left: usize,
-        right: usize,
         queue: &mut BinaryHeap<Reverse<Candidate>>,
     ) {
+        let Some(right) = symbols[left].next else {
+            return;
+        };
         let (left_id, right_id) = (symbols[left].id, symbols[right].id);
-        if let Some(merge) = self.merges.get(&pair_key(left_id, right_id)) {
+        if let (Some(merge), Ok(left)) = (self.lookup(left_id, right_id), u32::try_from(left)) {
             queue.push(Reverse(Candidate {
                 rank: merge.rank,
                 left,
-                right,
                 left_id,
                 right_id,
                 result: merge.result,
@@ -262,6 +317,19 @@ impl Merges {
     }
 }
 
+/// Words up to this many bytes merge by scanning ([`Merges::merge_short`]):
+/// quadratic, but cheaper than a heap at this size.
+const SHORT_WORD: usize = 32;
+
+/// Buffers for [`Merges::encode_word`], reused across the words of a text.
+#[derive(Debug, Default)]
+pub(crate) struct Scratch {
+    ids: Vec<u32>,
+    pairs: Vec<Option<Merge>>,
+    symbols: Vec<Symbol>,
+    queue: BinaryHeap<Reverse<Candidate>>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Symbol {
     id: u32,
@@ -270,12 +338,12 @@ struct Symbol {
     alive: bool,
 }
 
-/// A queued merge; ordered by rank, then position (leftmost first).
+/// A queued merge; ordered by rank, then position (leftmost first). The
+/// right symbol is the left one's neighbour, so only its id is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Candidate {
     rank: u32,
-    left: usize,
-    right: usize,
+    left: u32,
     left_id: u32,
     right_id: u32,
     result: u32,
@@ -320,12 +388,62 @@ mod tests {
         }
         let encode = |word: &[u8]| {
             let mut out = Vec::new();
-            merges.encode_word(word, &byte_token, &mut out);
+            merges.encode_word(word, &byte_token, &mut Scratch::default(), &mut out);
             out
         };
         assert_eq!(encode(b"abc"), [256]);
         // "ab" survives as a non-token piece and falls back to its bytes.
         assert_eq!(encode(b"abb"), [97, 98, 98]);
         assert_eq!(encode(b"bbb"), [257, 98]);
+    }
+
+    /// The scan (short words) and the heap (long words) merge alike,
+    /// including ties between equal ranks and pieces that are not tokens.
+    #[test]
+    fn short_and_long_paths_agree() {
+        let to_char = byte_to_char();
+        let to_byte = char_to_byte(&to_char);
+        let mut vocab: HashMap<String, u32> = HashMap::new();
+        for (i, c) in to_char.iter().enumerate() {
+            vocab.insert(c.to_string(), i as u32);
+        }
+        let merges = [
+            "a a", "a b", "b a", "aa a", "ab a", "b b", "c a", "ca b", "bb c", "aa b", "aab aa",
+            "c c", "cc c", "ab ab", "ba ba", "abab a",
+        ];
+        for merge in &merges {
+            let text = merge.replace(' ', "");
+            // Leave some results out of the vocabulary.
+            if text.len() % 3 != 0 {
+                let id = vocab.len() as u32;
+                vocab.entry(text).or_insert(id);
+            }
+        }
+        let n_vocab = vocab.len() as u32;
+        let table = Merges::new(&vocab, n_vocab, &merges, &to_char, &to_byte).unwrap();
+        let mut byte_token = [None; 256];
+        for (b, slot) in byte_token.iter_mut().enumerate() {
+            *slot = Some(b as u32);
+        }
+        let mut seed = 0x2545_f491_u64;
+        let mut scratch = Scratch::default();
+        for round in 0..2000 {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let len = 2 + (seed >> 33) as usize % 40;
+            let word: Vec<u8> = (0..len)
+                .map(|i| b"abc"[((seed >> (i % 60)) as usize + i * 7) % 3])
+                .collect();
+            let (mut short, mut long) = (Vec::new(), Vec::new());
+            table.merge_short(&word, &byte_token, &mut scratch, &mut short);
+            table.merge_long(&word, &byte_token, &mut scratch, &mut long);
+            assert_eq!(
+                short,
+                long,
+                "round {round}: {:?}",
+                String::from_utf8_lossy(&word)
+            );
+        }
     }
 }

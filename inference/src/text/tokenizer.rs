@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use candle_core::quantized::gguf_file::Content;
 
-use super::bpe::{self, Merges};
+use super::bpe::{self, Merges, Scratch};
 use super::meta::Meta;
 use super::pretokenize::{self, CharClasses, PreTokenizerSpec};
 use crate::InferenceError;
@@ -456,6 +456,7 @@ impl Tokenizer {
     /// BPE over `text`, which holds no special tokens.
     fn encode_text(&self, text: &str, out: &mut Vec<u32>) {
         let mut spelled = String::new();
+        let mut scratch = Scratch::default();
         for word in pretokenize::split(text, self.pre.split, &self.classes) {
             let bytes = &text.as_bytes()[word];
             if self.pre.ignore_merges {
@@ -466,7 +467,8 @@ impl Tokenizer {
                     continue;
                 }
             }
-            self.merges.encode_word(bytes, &self.byte_token, out);
+            self.merges
+                .encode_word(bytes, &self.byte_token, &mut scratch, out);
         }
     }
 }

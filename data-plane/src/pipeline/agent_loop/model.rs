@@ -1,7 +1,7 @@
 //! The model side of the loop: which models to call, streaming their text
 //! to the caller, output redaction, and what a failed model call becomes.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use aios_model::{Agent, Model, OutputGuardrails};
 use futures::StreamExt;
@@ -142,6 +142,13 @@ pub(super) fn failure(
                 ));
                 return Ok(outcome);
             }
+            // Every model is at capacity (a provider's 429, a local engine's
+            // full queue): the caller should back off, not fail over.
+            ErrorKind::RateLimited => ExecError::RateLimited {
+                subject: format!("model:{model}"),
+                description: format!("no model had capacity; last error from {model}: {error}"),
+                retry_after: error.retry_after.unwrap_or(Duration::from_secs(1)),
+            },
             _ => ExecError::Unavailable(format!(
                 "no model could serve the request; last error from {model}: {error}"
             )),

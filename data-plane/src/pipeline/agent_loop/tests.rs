@@ -432,6 +432,13 @@ async fn model_failures_are_errors_before_tools_and_outcomes_after() {
         .unwrap_err();
     assert!(matches!(error, ExecError::Unavailable(_)), "{error:?}");
 
+    // At capacity everywhere (429s, a full local queue): back off, not fail.
+    let model = Scripted::new((0..16).map(|_| Turn::Fail(ErrorKind::RateLimited)));
+    let error = execute(&model, call(world(|_| {}), ask("hi"), None))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ExecError::RateLimited { .. }), "{error:?}");
+
     let model = Scripted::new([
         Turn::Tools(vec![("calc", r#"{"expression": "1"}"#)]),
         Turn::Fail(ErrorKind::Auth),

@@ -11,12 +11,12 @@
 //!    - prefill: the prompt in one forward pass, to the first token's logits;
 //!    - decode: `--decode-tokens` greedy steps, EOS not looked for, each step
 //!      with its argmax.
-//!    The prompt is a fixed English request in the GGUF's chat template,
-//!    about `--prompt-tokens` tokens by aios' tokenizer; llama.cpp gets the
-//!    same ids.
 //! 2. Aggregate decode tokens/s with 1, 4 and 8 concurrent sequences: ours
 //!    through the `Engine` (continuous batching), llama.cpp with as many
 //!    sequences in each `llama_decode`.
+//!
+//! The prompt is a fixed English request in the GGUF's chat template, about
+//! `--prompt-tokens` tokens by aios' tokenizer; llama.cpp gets the same ids.
 //!
 //! cargo run --release -p aios-tests --bin bench-inference -- [--threads N] [--prompt-tokens N]
 //!     [--decode-tokens N] [--runs N] [--batched-runs N] [--concurrency 1,4,8] [--no-q8]
@@ -264,8 +264,20 @@ fn run(options: &Options, results: &mut Results) -> Result<()> {
         };
         for side in order {
             let single = match side {
-                Side::Ours => ours::single(&model, Requantize::default(), ids, options.decode_tokens, &pool)?,
-                Side::OursQ8 => ours::single(&model, Requantize::Legacy, ids, options.decode_tokens, &pool)?,
+                Side::Ours => ours::single(
+                    &model,
+                    Requantize::default(),
+                    ids,
+                    options.decode_tokens,
+                    &pool,
+                )?,
+                Side::OursQ8 => ours::single(
+                    &model,
+                    Requantize::Legacy,
+                    ids,
+                    options.decode_tokens,
+                    &pool,
+                )?,
                 Side::LlamaCpp => {
                     let llama = llama.as_ref().context("llama.cpp is not available")?;
                     let (run, about) = llama.single(ids)?;

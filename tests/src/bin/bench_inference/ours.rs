@@ -122,9 +122,9 @@ impl EngineBench {
         let streams = (0..sequences)
             .map(|_| self.engine.submit(request.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        let arrivals = self.runtime.block_on(futures::future::join_all(
-            streams.into_iter().map(collect),
-        ));
+        let arrivals = self
+            .runtime
+            .block_on(futures::future::join_all(streams.into_iter().map(collect)));
         let wall_s = started.elapsed().as_secs_f64();
         let cpu_s = cpu_seconds() - cpu;
         let arrivals = arrivals.into_iter().collect::<Result<Vec<_>>>()?;

@@ -10,7 +10,8 @@ use anyhow::{Context, Result, bail};
 use candle_core::quantized::gguf_file;
 
 /// What the user asks; the article follows.
-const REQUEST: &str = "Summarize the following article in three short bullet points, then suggest a title for it.";
+const REQUEST: &str =
+    "Summarize the following article in three short bullet points, then suggest a title for it.";
 
 /// The article, cut (or repeated) to length. Plain prose, numbers and
 /// punctuation: what a summarization request carries.

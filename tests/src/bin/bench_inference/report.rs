@@ -55,6 +55,10 @@ struct SingleFigures {
     decode: Spread,
     prefill_cores: Spread,
     decode_cores: Spread,
+    /// Tokens per CPU second of the process: what a run got done with the
+    /// CPU it was given, steadier than tokens/s on a shared machine.
+    prefill_per_cpu: Spread,
+    decode_per_cpu: Spread,
 }
 
 impl SingleFigures {
@@ -64,7 +68,12 @@ impl SingleFigures {
             prefill: Spread::of(runs.clone().map(|r| r.prefill_tokens as f64 / r.prefill_s)),
             decode: Spread::of(runs.clone().map(|r| r.decode_tokens as f64 / r.decode_s)),
             prefill_cores: Spread::of(runs.clone().map(|r| r.prefill_cpu_s / r.prefill_s)),
-            decode_cores: Spread::of(runs.map(|r| r.decode_cpu_s / r.decode_s)),
+            decode_cores: Spread::of(runs.clone().map(|r| r.decode_cpu_s / r.decode_s)),
+            prefill_per_cpu: Spread::of(
+                runs.clone()
+                    .map(|r| r.prefill_tokens as f64 / r.prefill_cpu_s),
+            ),
+            decode_per_cpu: Spread::of(runs.map(|r| r.decode_tokens as f64 / r.decode_cpu_s)),
         }
     }
 
@@ -76,6 +85,8 @@ impl SingleFigures {
             self.decode.cell(1),
             format!("{:.2}", self.prefill_cores.median),
             format!("{:.2}", self.decode_cores.median),
+            format!("{:.1}", self.prefill_per_cpu.median),
+            format!("{:.1}", self.decode_per_cpu.median),
         ]
     }
 
@@ -86,6 +97,8 @@ impl SingleFigures {
             "decode_tok_s": self.decode.json(),
             "prefill_cores": self.prefill_cores.json(),
             "decode_cores": self.decode_cores.json(),
+            "prefill_tok_per_cpu_s": self.prefill_per_cpu.json(),
+            "decode_tok_per_cpu_s": self.decode_per_cpu.json(),
         })
     }
 }
@@ -97,6 +110,8 @@ struct BatchedFigures {
     decode: Spread,
     end_to_end: Spread,
     cores: Spread,
+    /// Engine steps (forward passes) per request batch; 0 for llama.cpp.
+    steps: Spread,
 }
 
 fn batched_figures(runs: &[Vec<Batched>], levels: &[usize]) -> Vec<BatchedFigures> {
@@ -108,11 +123,9 @@ fn batched_figures(runs: &[Vec<Batched>], levels: &[usize]) -> Vec<BatchedFigure
             BatchedFigures {
                 sequences,
                 decode: Spread::of(rows.clone().map(|r| r.decode_tokens as f64 / r.decode_s)),
-                end_to_end: Spread::of(
-                    rows.clone()
-                        .map(|r| r.completion_tokens as f64 / r.wall_s),
-                ),
-                cores: Spread::of(rows.map(|r| r.cpu_s / r.wall_s)),
+                end_to_end: Spread::of(rows.clone().map(|r| r.completion_tokens as f64 / r.wall_s)),
+                cores: Spread::of(rows.clone().map(|r| r.cpu_s / r.wall_s)),
+                steps: Spread::of(rows.map(|r| r.steps as f64)),
             }
         })
         .collect()
@@ -202,7 +215,7 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Results) {
         rows.push(llama.row("llama.cpp (mmap)"));
     }
     print_table(
-        "1. one sequence: median (min–max) over runs; cores = process CPU time / wall time",
+        "1. one sequence: median (min–max) over runs; cores = process CPU time / wall time (medians)",
         &[
             "engine",
             "load ms",
@@ -210,6 +223,8 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Results) {
             "decode tok/s",
             "prefill cores",
             "decode cores",
+            "prefill tok/CPU-s",
+            "decode tok/CPU-s",
         ],
         &rows,
     );
@@ -232,6 +247,8 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Results) {
                 ratio(figures.load_ms.median, llama_read_ms.median),
                 ratio(figures.prefill.median, llama.prefill.median),
                 ratio(figures.decode.median, llama.decode.median),
+                ratio(figures.prefill_per_cpu.median, llama.prefill_per_cpu.median),
+                ratio(figures.decode_per_cpu.median, llama.decode_per_cpu.median),
             ]);
         }
         print_table(
@@ -242,14 +259,22 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Results) {
                 "load / read load",
                 "prefill",
                 "decode",
+                "prefill per CPU-s",
+                "decode per CPU-s",
             ],
             &rows,
         );
         if let (Some(a), Some(b)) = (results.ours.first(), results.llama.first()) {
+            let theirs = &b.single.generated;
+            let q8 = results
+                .ours_q8
+                .first()
+                .map(|q| format!(", aios Q8: {}", agreement(&q.generated, theirs)))
+                .unwrap_or_default();
             println!(
-                "greedy outputs (first run): aios and llama.cpp agree on the first {} of {} tokens",
-                agreement(&a.generated, &b.single.generated),
-                a.generated.len().min(b.single.generated.len())
+                "greedy tokens (first run) equal to llama.cpp's from the start: aios: {} of {}{q8}",
+                agreement(&a.generated, theirs),
+                a.generated.len().min(theirs.len())
             );
         }
     }
@@ -259,7 +284,12 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Results) {
     let base = engine.first().map_or(0.0, |f| f.decode.median);
     let rows: Vec<Vec<String>> = engine
         .iter()
-        .zip(llama_batched.iter().map(Some).chain(std::iter::repeat(None)))
+        .zip(
+            llama_batched
+                .iter()
+                .map(Some)
+                .chain(std::iter::repeat(None)),
+        )
         .map(|(ours, theirs)| {
             let theirs = theirs.filter(|_| !results.llama_batched.is_empty());
             vec![
@@ -268,6 +298,7 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Results) {
                 format!("{:.1}", ours.decode.median / ours.sequences as f64),
                 ratio(ours.decode.median, base),
                 ours.end_to_end.cell(1),
+                format!("{:.0}", ours.steps.median),
                 theirs.map_or("—".into(), |t| t.decode.cell(1)),
                 theirs.map_or("—".into(), |t| ratio(ours.decode.median, t.decode.median)),
             ]
@@ -281,6 +312,7 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Results) {
             "per sequence",
             "vs first row",
             "aios end to end",
+            "aios steps",
             "llama.cpp decode tok/s",
             "aios / llama.cpp",
         ],
@@ -296,6 +328,7 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Results) {
                     "decode_tok_s": f.decode.json(),
                     "end_to_end_tok_s": f.end_to_end.json(),
                     "cores": f.cores.json(),
+                    "steps": f.steps.json(),
                 })
             })
             .collect()
@@ -325,7 +358,15 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Results) {
             "load_vs_read": ours.load_ms.median / llama_read_ms.median,
             "prefill": ours.prefill.median / llama.prefill.median,
             "decode": ours.decode.median / llama.decode.median,
+            "prefill_per_cpu_s": ours.prefill_per_cpu.median / llama.prefill_per_cpu.median,
+            "decode_per_cpu_s": ours.decode_per_cpu.median / llama.decode_per_cpu.median,
         })),
+        // The first recorded run's greedy tokens (the prefill's, then one per step).
+        "greedy": {
+            "aios": results.ours.first().map(|r| &r.generated),
+            "aios_q8": results.ours_q8.first().map(|r| &r.generated),
+            "llama_cpp": results.llama.first().map(|r| &r.single.generated),
+        },
         "batched": {
             "aios": batched_json(&engine),
             "llama_cpp": (!results.llama_batched.is_empty()).then(|| batched_json(&llama_batched)),

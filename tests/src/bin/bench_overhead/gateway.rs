@@ -16,7 +16,9 @@
 //!   threads twice). Direct and gateway calls alternate in blocks.
 //! - Throughput: fresh nodes call a provider served on the load
 //!   generator's thread, so the node's thread serves only the gateway;
-//!   one connection per request in flight (HTTP/1.1).
+//!   one connection per request in flight (HTTP/1.1). Each node first
+//!   serves as many requests as the latency part's warm-up sent it, so the
+//!   "on" node's response cache is full before the first step.
 
 use std::{
     path::Path,
@@ -82,6 +84,7 @@ pub(crate) async fn run(
 
 /// A client's target: the provider itself, or the node in front of it.
 const SERIES: [&str; 2] = ["direct", "gateway"];
+const GATEWAY: usize = 1;
 /// Where the client runs (as in part 1).
 const PLACES: [&str; 2] = ["other_thread", "node_thread"];
 
@@ -180,7 +183,7 @@ async fn latency(
                     let conn = conns[place][which][series]
                         .take()
                         .context("a latency connection was lost")?;
-                    let work = sequential(conn, size, series == 1, counter.clone());
+                    let work = sequential(conn, size, series == GATEWAY, counter.clone());
                     let (conn, taken) = match place {
                         0 => work.await?,
                         _ => nodes[which].on_thread(work).await??,
@@ -278,6 +281,28 @@ async fn step(
     ))
 }
 
+/// `count` requests over `WARM_UP_LOOPS` connections, not measured.
+async fn warm_up(
+    conns: &mut Vec<HttpConn>,
+    count: usize,
+    node: &Node,
+    counter: &Arc<AtomicU64>,
+) -> Result<()> {
+    const WARM_UP_LOOPS: usize = 8;
+    while conns.len() < WARM_UP_LOOPS {
+        conns.push(HttpConn::connect(node.http).await?);
+    }
+    let mut loops = JoinSet::new();
+    for conn in conns.drain(..WARM_UP_LOOPS) {
+        let work = sequential(conn, count / WARM_UP_LOOPS, true, counter.clone());
+        loops.spawn(work);
+    }
+    while let Some(joined) = loops.join_next().await {
+        conns.push(joined??.0);
+    }
+    Ok(())
+}
+
 async fn throughput_part(
     options: &Options,
     control_plane: &str,
@@ -294,6 +319,11 @@ async fn throughput_part(
         let dir = tempfile::tempdir()?;
         let node = start_node(name, stages, &url, dir.path(), control_plane)?;
         let mut conns = Vec::new();
+        // As the latency part left its nodes: the "on" node's response
+        // cache full (evicting), not growing through the first steps.
+        let warmup = 2 * options.http_warmup;
+        eprintln!("  {name:>3}: {warmup} requests of warm-up…");
+        warm_up(&mut conns, warmup, &node, counter).await?;
         let node_ref = &node;
         let figures = stepped(options, name, async |concurrency| {
             step(&mut conns, concurrency, measure, node_ref, counter).await
