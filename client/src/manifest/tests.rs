@@ -203,7 +203,8 @@ agent:
         error("agents.yaml", text),
         "agents.yaml: document 2, line 9, column 3: unknown field `maxStepz` in `agent`, \
          expected one of `description`, `systemPrompt`, `routingTable`, `policy`, \
-         `allowedTools`, `forensic`, `actionCriticality`, `maxSteps`, `defaultDeadline`, `disabled`"
+         `allowedTools`, `forensic`, `actionCriticality`, `maxSteps`, `defaultDeadline`, `disabled`, \
+         `semanticCache`"
     );
     // Nested messages, inside lists, are named by their path.
     let nested = "\
