@@ -23,7 +23,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::{
-    call::{Call, Input, Outcome, Status, StepKind},
+    call::{Call, Input, Outcome, Params, Status, StepKind},
     error::ExecError,
     stage::{Flow, Stage},
 };
@@ -93,6 +93,19 @@ impl KeyBuilder {
         }
         let len = (self.bytes.len() - start) as u64;
         self.bytes[at..start].copy_from_slice(&len.to_le_bytes());
+        self
+    }
+
+    /// Adds the sampling parameters (limits, temperature, top-p, seed, stops).
+    pub fn params(&mut self, params: &Params) -> &mut Self {
+        self.optional(params.max_tokens.map(u32::to_le_bytes))
+            .optional(params.temperature.map(|t| t.to_bits().to_le_bytes()))
+            .optional(params.top_p.map(|p| p.to_bits().to_le_bytes()))
+            .optional(params.seed.map(u64::to_le_bytes))
+            .field((params.stop.len() as u64).to_le_bytes());
+        for stop in &params.stop {
+            self.field(stop);
+        }
         self
     }
 
@@ -366,14 +379,7 @@ fn key_of(call: &Call) -> Option<CacheKey> {
     key.field(&call.request.agent)
         .field(agent.version.to_le_bytes())
         .field(route.model())
-        .optional(params.max_tokens.map(u32::to_le_bytes))
-        .optional(params.temperature.map(|t| t.to_bits().to_le_bytes()))
-        .optional(params.top_p.map(|p| p.to_bits().to_le_bytes()))
-        .optional(params.seed.map(u64::to_le_bytes))
-        .field((params.stop.len() as u64).to_le_bytes());
-    for stop in &params.stop {
-        key.field(stop);
-    }
+        .params(params);
     key.field((messages.len() as u64).to_le_bytes());
     for message in messages {
         key.field([message.role as u8])

@@ -310,20 +310,12 @@ async fn prepare(local: &LocalModels, call: &Call) -> Option<Lookup> {
             return None;
         }
     };
-    let params = &call.request.params;
     let mut key = KeyBuilder::default();
     key.field(tenant)
         .field(&call.request.agent)
         .field(applied.version.to_le_bytes())
         .field(route.model())
-        .optional(params.max_tokens.map(u32::to_le_bytes))
-        .optional(params.temperature.map(|t| t.to_bits().to_le_bytes()))
-        .optional(params.top_p.map(|p| p.to_bits().to_le_bytes()))
-        .optional(params.seed.map(u64::to_le_bytes))
-        .field((params.stop.len() as u64).to_le_bytes());
-    for stop in &params.stop {
-        key.field(stop);
-    }
+        .params(&call.request.params);
     Some(Lookup {
         bucket: key.build(tenant).into_bytes(),
         vector,
