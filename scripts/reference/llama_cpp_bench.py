@@ -10,7 +10,7 @@ last stdout line. It can also be run by hand:
   scripts/llama-cpp-venv.sh
   echo '{"prompt": [1, 2, 3]}' | OMP_WAIT_POLICY=passive \\
     target/llama-cpp-venv/bin/python scripts/reference/llama_cpp_bench.py \\
-    --model MODEL.gguf --threads 2 --decode-tokens 128 [--concurrency 1,4,8]
+    --model MODEL.gguf --threads 2 --decode-tokens 128 [--concurrency 1,4,8] [--verbose]
 
 stdin: {"prompt": [token ids]}, the prompt already templated and tokenized
 (by bench-inference, with aios' tokenizer, whose ids match llama.cpp's), so
@@ -41,7 +41,6 @@ script does not): bench-inference sets it to passive, see BENCHMARKS.md.
 """
 
 import argparse
-import ctypes
 import json
 import os
 import sys
@@ -168,7 +167,9 @@ def single(model, load_s, args, prompt, vocab):
 
 def batched(model, args, prompt, vocab, sequences):
     """Aggregate decode tokens/s with `sequences` sequences decoding together."""
-    per_seq = len(prompt) + args.decode_tokens + 8
+    # Each sequence gets n_ctx / n_seq_max positions; llama.cpp pads n_ctx to
+    # 256, so a multiple of 256 per sequence divides evenly.
+    per_seq = -(-(len(prompt) + args.decode_tokens + 8) // 256) * 256
     n_batch = max(512, len(prompt), sequences)
     ctx, _ = context(model, args.threads, per_seq * sequences, n_batch, sequences)
     warm_up(ctx, prompt[0])
@@ -215,13 +216,16 @@ def main():
     parser.add_argument("--model", required=True)
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--decode-tokens", type=int, default=128)
-    parser.add_argument("--concurrency", default="", help="e.g. 1,4,8: batched decode instead of the single-sequence run")
+    parser.add_argument(
+        "--concurrency", default="", help="e.g. 1,4,8: batched decode instead of the single-sequence run"
+    )
+    parser.add_argument("--verbose", action="store_true", help="llama.cpp's log on stderr (default: errors only)")
     args = parser.parse_args()
     prompt = json.load(sys.stdin)["prompt"]
     if not prompt:
         sys.exit("the prompt is empty")
 
-    llama_cpp._logger.set_verbose(os.environ.get("V") is not None)  # errors only on stderr
+    llama_cpp._logger.set_verbose(args.verbose)
     ll.llama_backend_init()
     out = {
         "llama_cpp_python": llama_cpp.__version__,

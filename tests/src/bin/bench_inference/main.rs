@@ -37,13 +37,13 @@ mod ours;
 mod prompt;
 mod report;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use aios_inference::files;
 use aios_inference::llama::Requantize;
 use aios_runtime::cli::{EXIT_FAILURE, exit_config, exit_with};
 use aios_tests::bench::{Args, Machine, positive, positive_list};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use llama_cpp::{LlamaCpp, LlamaSingle};
@@ -240,8 +240,19 @@ fn run(options: &Options, results: &mut Results) -> Result<()> {
         options.decode_tokens,
         options.threads
     );
+    one_sequence(options, &model, ids, llama.as_ref(), results)?;
+    concurrent(options, &model, ids, llama.as_ref(), results)
+}
 
-    // 1. One sequence.
+/// Part 1: a warm-up round, then `--runs` rounds of every side, the order
+/// reversed every other round.
+fn one_sequence(
+    options: &Options,
+    model: &Path,
+    ids: &[u32],
+    llama: Option<&LlamaCpp>,
+    results: &mut Results,
+) -> Result<()> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(options.threads)
         .thread_name(|i| format!("bench-{i}"))
@@ -262,28 +273,19 @@ fn run(options: &Options, results: &mut Results) -> Result<()> {
             0 => "warm-up:".to_string(),
             n => format!("run {n}:"),
         };
+        let recorded = round > 0;
         for side in order {
+            let ours =
+                |requantize| ours::single(model, requantize, ids, options.decode_tokens, &pool);
             let single = match side {
-                Side::Ours => ours::single(
-                    &model,
-                    Requantize::default(),
-                    ids,
-                    options.decode_tokens,
-                    &pool,
-                )?,
-                Side::OursQ8 => ours::single(
-                    &model,
-                    Requantize::Legacy,
-                    ids,
-                    options.decode_tokens,
-                    &pool,
-                )?,
+                Side::Ours => ours(Requantize::default())?,
+                Side::OursQ8 => ours(Requantize::Legacy)?,
                 Side::LlamaCpp => {
-                    let llama = llama.as_ref().context("llama.cpp is not available")?;
+                    let llama = llama.context("llama.cpp is not available")?;
                     let (run, about) = llama.single(ids)?;
                     results.llama_about = Some(about);
                     let single = run.single.clone();
-                    if round > 0 {
+                    if recorded {
                         results.llama.push(run);
                     }
                     single
@@ -295,36 +297,55 @@ fn run(options: &Options, results: &mut Results) -> Result<()> {
                 single.prefill_tokens as f64 / single.prefill_s,
                 single.decode_tokens as f64 / single.decode_s
             ));
-            if round > 0 {
-                match side {
-                    Side::Ours => results.ours.push(single),
-                    Side::OursQ8 => results.ours_q8.push(single),
-                    Side::LlamaCpp => {}
-                }
+            match (recorded, side) {
+                (true, Side::Ours) => results.ours.push(single),
+                (true, Side::OursQ8) => results.ours_q8.push(single),
+                _ => {}
             }
         }
         eprintln!("{line} load average {}", load_average());
     }
+    Ok(())
+}
 
-    // 2. Concurrent sequences.
+/// Part 2: every concurrency level on our engine, then on llama.cpp (the
+/// order reversed every other round).
+fn concurrent(
+    options: &Options,
+    model: &Path,
+    ids: &[u32],
+    llama: Option<&LlamaCpp>,
+    results: &mut Results,
+) -> Result<()> {
     let most = options.concurrency.iter().copied().max().unwrap_or(1);
-    let engine = ours::EngineBench::start(&model, options.threads, most.max(8))?;
-    engine.run(ids, most, 4)?; // warm-up: every batch row's buffers
+    let engine = ours::EngineBench::start(model, options.threads, most.max(8))?;
+    // Warm-up: buffers sized for the widest batch (its decode rate is not used).
+    engine.run(ids, most, options.decode_tokens.min(16))?;
     for round in 1..=options.batched_runs {
-        let ours_first = round % 2 == 1;
-        for first in [true, false] {
-            if first == ours_first {
-                let rows = options
-                    .concurrency
-                    .iter()
-                    .map(|&n| engine.run(ids, n, options.decode_tokens))
-                    .collect::<Result<Vec<_>>>()?;
-                eprintln!("batched run {round}: ours {}", rates(&rows));
-                results.engine.push(rows);
-            } else if let Some(llama) = &llama {
-                let rows = llama.batched(ids, &options.concurrency)?;
-                eprintln!("batched run {round}: llama.cpp {}", rates(&rows));
-                results.llama_batched.push(rows);
+        let mut order = [Side::Ours, Side::LlamaCpp];
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for side in order {
+            match (side, llama) {
+                (Side::Ours, _) => {
+                    let rows = options
+                        .concurrency
+                        .iter()
+                        .map(|&n| engine.run(ids, n, options.decode_tokens))
+                        .collect::<Result<Vec<_>>>()?;
+                    if rows.iter().any(|r| r.decode_tokens == 0) {
+                        bail!("no engine step had every sequence decoding: raise --decode-tokens");
+                    }
+                    eprintln!("batched run {round}: ours {}", rates(&rows));
+                    results.engine.push(rows);
+                }
+                (_, Some(llama)) => {
+                    let rows = llama.batched(ids, &options.concurrency)?;
+                    eprintln!("batched run {round}: llama.cpp {}", rates(&rows));
+                    results.llama_batched.push(rows);
+                }
+                (_, None) => {}
             }
         }
     }

@@ -282,16 +282,15 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Results) {
     let engine = batched_figures(&results.engine, &options.concurrency);
     let llama_batched = batched_figures(&results.llama_batched, &options.concurrency);
     let base = engine.first().map_or(0.0, |f| f.decode.median);
+    let theirs = |i: usize| {
+        llama_batched
+            .get(i)
+            .filter(|_| !results.llama_batched.is_empty())
+    };
     let rows: Vec<Vec<String>> = engine
         .iter()
-        .zip(
-            llama_batched
-                .iter()
-                .map(Some)
-                .chain(std::iter::repeat(None)),
-        )
-        .map(|(ours, theirs)| {
-            let theirs = theirs.filter(|_| !results.llama_batched.is_empty());
+        .enumerate()
+        .map(|(i, ours)| {
             vec![
                 ours.sequences.to_string(),
                 ours.decode.cell(1),
@@ -299,25 +298,27 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Results) {
                 ratio(ours.decode.median, base),
                 ours.end_to_end.cell(1),
                 format!("{:.0}", ours.steps.median),
-                theirs.map_or("—".into(), |t| t.decode.cell(1)),
-                theirs.map_or("—".into(), |t| ratio(ours.decode.median, t.decode.median)),
+                theirs(i).map_or("—".into(), |t| t.decode.cell(1)),
+                theirs(i).map_or("—".into(), |t| ratio(ours.decode.median, t.decode.median)),
             ]
         })
         .collect();
-    print_table(
-        "3. concurrent sequences: aggregate decode tok/s while all decode (ours: the Engine; llama.cpp: one llama_decode per step for all); end to end = with the prefills",
-        &[
-            "sequences",
-            "aios decode tok/s",
-            "per sequence",
-            "vs first row",
-            "aios end to end",
-            "aios steps",
-            "llama.cpp decode tok/s",
-            "aios / llama.cpp",
-        ],
-        &rows,
-    );
+    if !results.engine.is_empty() {
+        print_table(
+            "3. concurrent sequences: aggregate decode tok/s while all decode (ours: the Engine; llama.cpp: one llama_decode per step for all); end to end = with the prefills",
+            &[
+                "sequences",
+                "aios decode tok/s",
+                "per sequence",
+                "vs first row",
+                "aios end to end",
+                "aios steps",
+                "llama.cpp decode tok/s",
+                "aios / llama.cpp",
+            ],
+            &rows,
+        );
+    }
 
     let batched_json = |figures: &[BatchedFigures]| -> Value {
         figures
@@ -368,7 +369,7 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Results) {
             "llama_cpp": results.llama.first().map(|r| &r.single.generated),
         },
         "batched": {
-            "aios": batched_json(&engine),
+            "aios": (!results.engine.is_empty()).then(|| batched_json(&engine)),
             "llama_cpp": (!results.llama_batched.is_empty()).then(|| batched_json(&llama_batched)),
         },
         "llama_cpp": results.llama_about,
