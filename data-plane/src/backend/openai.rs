@@ -10,8 +10,8 @@ use std::{collections::BTreeMap, fmt, time::Duration};
 
 use aios_model::{Model, ModelProvider};
 use http::{HeaderMap, HeaderValue, Uri, header};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{
     Backend, BackendError, ChatEvent, ChatRequest, ChatResponse, ChatStream, ErrorKind,
@@ -140,7 +140,7 @@ impl OpenAiBackend {
         request: &ChatRequest,
         stream: bool,
     ) -> Result<http::Response<hyper::body::Incoming>, BackendError> {
-        let body = request_body(&self.model, self.token_limit_field, request, stream)?;
+        let bytes = request_body(&self.model, self.token_limit_field, request, stream)?;
         let mut headers = self.headers.clone();
         let accept = if stream {
             "text/event-stream"
@@ -148,9 +148,6 @@ impl OpenAiBackend {
             "application/json"
         };
         headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
-        let bytes = serde_json::to_vec(&body).map_err(|e| {
-            BackendError::new(ErrorKind::InvalidRequest, format!("{PROVIDER}: {e}"))
-        })?;
         self.client.post(PROVIDER, &self.uri, &headers, bytes).await
     }
 }
@@ -187,97 +184,163 @@ impl Backend for OpenAiBackend {
 
 // === Request ===
 
-/// The JSON body of a chat-completions call.
+/// The JSON body of a chat-completions call, serialised straight from the
+/// request (no intermediate `Value` tree: this runs on every remote call).
 fn request_body(
     model: &str,
     token_limit_field: TokenLimitField,
     request: &ChatRequest,
     stream: bool,
-) -> Result<Value, BackendError> {
-    let mut body = Map::new();
-    body.insert("model".into(), json!(model));
-    let messages: Vec<Value> = request.messages.iter().map(message_json).collect();
-    body.insert("messages".into(), Value::Array(messages));
-    if !request.tools.is_empty() {
-        let tools = request
-            .tools
-            .iter()
-            .map(|tool| {
-                let parameters: Value = serde_json::from_str(&tool.parameters_json_schema)
-                    .map_err(|e| {
-                        BackendError::new(
-                            ErrorKind::InvalidRequest,
-                            format!("tool {:?}: parameters are not JSON: {e}", tool.name),
-                        )
-                    })?;
-                Ok(json!({
-                    "type": "function",
-                    "function": {
-                        "name": tool.name,
-                        "description": tool.description,
-                        "parameters": parameters,
-                    },
-                }))
+) -> Result<Vec<u8>, BackendError> {
+    let tools = request
+        .tools
+        .iter()
+        .map(|tool| {
+            let parameters: Value =
+                serde_json::from_str(&tool.parameters_json_schema).map_err(|e| {
+                    BackendError::new(
+                        ErrorKind::InvalidRequest,
+                        format!("tool {:?}: parameters are not JSON: {e}", tool.name),
+                    )
+                })?;
+            Ok(OutTool {
+                kind: "function",
+                function: OutFunction {
+                    name: &tool.name,
+                    description: &tool.description,
+                    parameters,
+                },
             })
-            .collect::<Result<Vec<_>, BackendError>>()?;
-        body.insert("tools".into(), Value::Array(tools));
-    }
-    if let Some(max) = request.max_tokens {
-        let field = match token_limit_field {
-            TokenLimitField::MaxTokens => "max_tokens",
-            TokenLimitField::MaxCompletionTokens => "max_completion_tokens",
-        };
-        body.insert(field.into(), json!(max));
-    }
-    if let Some(t) = request.temperature {
-        body.insert("temperature".into(), f32_json(t));
-    }
-    if let Some(p) = request.top_p {
-        body.insert("top_p".into(), f32_json(p));
-    }
-    if !request.stop.is_empty() {
-        body.insert("stop".into(), json!(request.stop));
-    }
-    if let Some(seed) = request.seed {
-        body.insert("seed".into(), json!(seed));
-    }
-    if stream {
-        body.insert("stream".into(), json!(true));
-        body.insert("stream_options".into(), json!({ "include_usage": true }));
-    }
-    Ok(Value::Object(body))
+        })
+        .collect::<Result<Vec<_>, BackendError>>()?;
+    let (max_tokens, max_completion_tokens) = match token_limit_field {
+        TokenLimitField::MaxTokens => (request.max_tokens, None),
+        TokenLimitField::MaxCompletionTokens => (None, request.max_tokens),
+    };
+    let body = OutRequest {
+        model,
+        messages: request.messages.iter().map(OutMessage::from).collect(),
+        tools,
+        max_tokens,
+        max_completion_tokens,
+        temperature: request.temperature.map(f32_json),
+        top_p: request.top_p.map(f32_json),
+        stop: &request.stop,
+        seed: request.seed,
+        stream: stream.then_some(true),
+        stream_options: stream.then_some(StreamOptions {
+            include_usage: true,
+        }),
+    };
+    serde_json::to_vec(&body)
+        .map_err(|e| BackendError::new(ErrorKind::InvalidRequest, format!("{PROVIDER}: {e}")))
 }
 
-fn message_json(message: &super::ChatMessage) -> Value {
-    match message.role {
-        Role::System => json!({ "role": "system", "content": message.content }),
-        Role::User => json!({ "role": "user", "content": message.content }),
-        Role::Tool => json!({
-            "role": "tool",
-            "tool_call_id": message.tool_call_id.as_deref().unwrap_or_default(),
-            "content": message.content,
-        }),
-        Role::Assistant if message.tool_calls.is_empty() => {
-            json!({ "role": "assistant", "content": message.content })
-        }
-        Role::Assistant => {
-            let calls: Vec<Value> = message
+#[derive(Serialize)]
+struct OutRequest<'a> {
+    model: &'a str,
+    messages: Vec<OutMessage<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<OutTool<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_completion_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<Value>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct OutTool<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: OutFunction<'a>,
+}
+
+#[derive(Serialize)]
+struct OutFunction<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: Value,
+}
+
+/// One message as OpenAI takes it: an assistant turn with tool calls has
+/// `content: null` when it said nothing; a tool result names its call.
+#[derive(Serialize)]
+struct OutMessage<'a> {
+    role: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<OutToolCall<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutToolCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: OutCall<'a>,
+}
+
+#[derive(Serialize)]
+struct OutCall<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+impl<'a> From<&'a super::ChatMessage> for OutMessage<'a> {
+    fn from(message: &'a super::ChatMessage) -> Self {
+        let content = Some(message.content.as_str());
+        let (role, tool_call_id) = match message.role {
+            Role::System => ("system", None),
+            Role::User => ("user", None),
+            Role::Tool => (
+                "tool",
+                Some(message.tool_call_id.as_deref().unwrap_or_default()),
+            ),
+            Role::Assistant => ("assistant", None),
+        };
+        let tool_calls: Vec<OutToolCall<'a>> = match message.role {
+            Role::Assistant => message
                 .tool_calls
                 .iter()
-                .map(|call| {
-                    json!({
-                        "id": call.id,
-                        "type": "function",
-                        "function": { "name": call.name, "arguments": call.arguments_json },
-                    })
+                .map(|call| OutToolCall {
+                    id: &call.id,
+                    kind: "function",
+                    function: OutCall {
+                        name: &call.name,
+                        arguments: &call.arguments_json,
+                    },
                 })
-                .collect();
-            let content = if message.content.is_empty() {
-                Value::Null
-            } else {
-                json!(message.content)
-            };
-            json!({ "role": "assistant", "content": content, "tool_calls": calls })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let content = match tool_calls.is_empty() {
+            false if message.content.is_empty() => None,
+            _ => content,
+        };
+        Self {
+            role,
+            tool_call_id,
+            content,
+            tool_calls,
         }
     }
 }

@@ -12,13 +12,15 @@
 //! embedding Model); `GET /v1/models` lists what the key can name: its
 //! agents and its tenant's embedding models.
 
+mod wire;
+
 use std::{
     convert::Infallible,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use axum::{
-    Json, Router,
+    Router,
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{
@@ -28,11 +30,18 @@ use axum::{
     routing::{get, post},
 };
 use futures::{Stream, StreamExt};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::{MetadataMap, MetadataValue};
+
+use aios_model::Complexity;
+use wire::{
+    AiosFields, AssistantMessage, ChatCompletionRequest, ChunkBody, ChunkChoice, CompletionBody,
+    CompletionChoice, Content, Delta, Embedding, EmbeddingEntry, EmbeddingInput, EmbeddingsAios,
+    EmbeddingsBody, EmbeddingsRequest, EmbeddingsUsage, ErrorBody, List, ModelEntry, ModelKind,
+    RouteFields, Stop, WireUsage,
+};
 
 use crate::{
     backend::{ChatMessage, Role, ToolCall},
@@ -64,28 +73,17 @@ async fn list_models(State(pipeline): State<Pipeline>, headers: HeaderMap) -> Re
         Ok(listed) => listed,
         Err(e) => return exec_error(e),
     };
-    let data: Vec<Value> = listed
-        .into_iter()
-        .map(|l| json!({ "id": l.id, "object": "model", "created": 0, "owned_by": "aios", "aios": { "kind": l.kind } }))
+    let data: Vec<ModelEntry<'_>> = listed
+        .iter()
+        .map(|l| ModelEntry {
+            id: &l.id,
+            object: "model",
+            created: 0,
+            owned_by: "aios",
+            aios: ModelKind { kind: l.kind },
+        })
         .collect();
-    Json(json!({ "object": "list", "data": data })).into_response()
-}
-
-#[derive(Debug, Deserialize)]
-struct EmbeddingsRequest {
-    model: String,
-    input: EmbeddingInput,
-    #[serde(default)]
-    encoding_format: Option<String>,
-    #[serde(default)]
-    user: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum EmbeddingInput {
-    One(String),
-    Many(Vec<String>),
+    json_response(StatusCode::OK, &List::new(data))
 }
 
 async fn embeddings(
@@ -131,105 +129,48 @@ async fn embeddings(
         Ok(embedded) => embedded,
         Err(e) => return exec_error(e),
     };
-    let data: Vec<Value> = embedded
+    let data: Vec<EmbeddingEntry<'_>> = embedded
         .vectors
         .iter()
         .enumerate()
-        .map(|(index, vector)| {
-            let embedding = match base64 {
+        .map(|(index, vector)| EmbeddingEntry {
+            object: "embedding",
+            index,
+            embedding: match base64 {
                 // Little-endian f32s, as OpenAI sends them.
-                true => Value::String(base64::Engine::encode(
+                true => Embedding::Base64(base64::Engine::encode(
                     &base64::engine::general_purpose::STANDARD,
                     vector
                         .iter()
                         .flat_map(|x| x.to_le_bytes())
                         .collect::<Vec<u8>>(),
                 )),
-                false => json!(vector),
-            };
-            json!({ "object": "embedding", "index": index, "embedding": embedding })
+                false => Embedding::Float(vector),
+            },
         })
         .collect();
     let tokens = embedded.input_tokens;
-    Json(json!({
-        "object": "list",
-        "data": data,
-        "model": embedded.model,
-        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
-        "aios": { "cost_usd": embedded.cost.to_f64(), "truncated": embedded.truncated },
-    }))
-    .into_response()
+    let body = EmbeddingsBody {
+        list: List::new(data),
+        model: &embedded.model,
+        usage: EmbeddingsUsage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+        aios: EmbeddingsAios {
+            cost_usd: embedded.cost.to_f64(),
+            truncated: &embedded.truncated,
+        },
+    };
+    json_response(StatusCode::OK, &body)
 }
 
 /// An error in OpenAI's JSON shape.
 pub fn error(status: StatusCode, kind: &str, code: &str, message: &str) -> Response {
-    let body =
-        json!({ "error": { "message": message, "type": kind, "param": null, "code": code } });
-    (status, Json(body)).into_response()
+    json_response(status, &ErrorBody::new(kind, code, message.to_string()))
 }
 
 // === request ===
-
-#[derive(Debug, Deserialize)]
-struct ChatCompletionRequest {
-    model: String,
-    messages: Vec<WireMessage>,
-    #[serde(default)]
-    max_tokens: Option<u32>,
-    #[serde(default)]
-    max_completion_tokens: Option<u32>,
-    #[serde(default)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    top_p: Option<f32>,
-    #[serde(default)]
-    stop: Option<Stop>,
-    #[serde(default)]
-    seed: Option<u64>,
-    #[serde(default)]
-    stream: bool,
-    #[serde(default)]
-    user: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-struct WireMessage {
-    role: String,
-    #[serde(default)]
-    content: Option<Content>,
-    #[serde(default)]
-    tool_call_id: Option<String>,
-    #[serde(default)]
-    tool_calls: Vec<WireToolCall>,
-}
-
-/// Text, or content parts of which the text ones are used.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<Value>),
-}
-
-#[derive(Debug, Deserialize)]
-struct WireToolCall {
-    id: String,
-    function: WireFunction,
-}
-
-#[derive(Debug, Deserialize)]
-struct WireFunction {
-    name: String,
-    #[serde(default)]
-    arguments: String,
-}
 
 fn exec_request(request: ChatCompletionRequest) -> Result<(ExecRequest, bool), ExecError> {
     let mut bad = Vec::new();
@@ -262,7 +203,7 @@ fn exec_request(request: ChatCompletionRequest) -> Result<(ExecRequest, bool), E
             Some(Content::Text(text)) => text,
             Some(Content::Parts(parts)) => parts
                 .iter()
-                .filter_map(|p| p.get("text").and_then(Value::as_str))
+                .filter_map(|p| p.text.as_deref())
                 .collect::<Vec<_>>()
                 .join("\n"),
         };
@@ -382,19 +323,38 @@ fn streamed(
     tokio::spawn(async move {
         let run = pipeline.execute(metadata, request, None, Some(events_tx));
         tokio::pin!(run);
-        let chunk = |delta: Value, finish: Value, extra: Option<(&str, Value)>| {
-            let mut body = json!({
-                "id": id, "object": "chat.completion.chunk", "created": created, "model": "",
-                "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
-            });
-            if let (Some((key, value)), Some(map)) = (extra, body.as_object_mut()) {
-                map.insert(key.to_string(), value);
-            }
-            SseEvent::default().data(body.to_string())
+        let chunk =
+            |delta: Delta<'_>, finish_reason: Option<&'static str>, usage: Option<WireUsage>| {
+                let body = ChunkBody {
+                    id: &id,
+                    object: "chat.completion.chunk",
+                    created,
+                    model: "",
+                    choices: [ChunkChoice {
+                        index: 0,
+                        delta,
+                        finish_reason,
+                    }],
+                    usage,
+                };
+                SseEvent::default().data(serde_json::to_string(&body).unwrap_or_default())
+            };
+        let token = |text: &str| {
+            chunk(
+                Delta {
+                    role: None,
+                    content: Some(text),
+                },
+                None,
+                None,
+            )
         };
         let first = chunk(
-            json!({ "role": "assistant", "content": "" }),
-            Value::Null,
+            Delta {
+                role: Some("assistant"),
+                content: Some(""),
+            },
+            None,
             None,
         );
         if out_tx.send(first).await.is_err() {
@@ -405,7 +365,7 @@ fn streamed(
                 result = &mut run => break result,
                 Some(event) = events_rx.recv() => {
                     if let Event::Token { text, .. } = event
-                        && out_tx.send(chunk(json!({ "content": text }), Value::Null, None)).await.is_err()
+                        && out_tx.send(token(&text)).await.is_err()
                     {
                         return; // the caller went away: dropping `run` cancels it
                     }
@@ -414,20 +374,21 @@ fn streamed(
         };
         while let Ok(event) = events_rx.try_recv() {
             if let Event::Token { text, .. } = event {
-                let _ = out_tx
-                    .send(chunk(json!({ "content": text }), Value::Null, None))
-                    .await;
+                let _ = out_tx.send(token(&text)).await;
             }
         }
         let last = match result {
             Ok(outcome) => chunk(
-                json!({}),
-                json!(finish_reason(&outcome)),
-                Some(("usage", usage(&outcome))),
+                Delta {
+                    role: None,
+                    content: None,
+                },
+                Some(finish_reason(&outcome)),
+                Some(usage(&outcome)),
             ),
             Err(e) => {
                 let (_, body) = error_body(&e);
-                SseEvent::default().data(body.to_string())
+                SseEvent::default().data(serde_json::to_string(&body).unwrap_or_default())
             }
         };
         let _ = out_tx.send(last).await;
@@ -445,9 +406,13 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn usage(outcome: &Outcome) -> Value {
+fn usage(outcome: &Outcome) -> WireUsage {
     let (input, output) = (outcome.usage.input_tokens, outcome.usage.output_tokens);
-    json!({ "prompt_tokens": input, "completion_tokens": output, "total_tokens": input + output })
+    WireUsage {
+        prompt_tokens: input,
+        completion_tokens: output,
+        total_tokens: input + output,
+    }
 }
 
 fn finish_reason(outcome: &Outcome) -> &'static str {
@@ -470,28 +435,60 @@ fn completion(id: &str, outcome: Outcome) -> Response {
         };
         return error(status, "aios_policy_error", &reason, &message);
     }
-    let route = outcome.route.as_ref().map(|r| {
-        json!({ "tier": r.tier, "complexity": format!("{:?}", r.complexity).to_lowercase(),
-                "explanation": r.explanation, "failed_models": r.failed_models })
+    let route = outcome.route.as_ref().map(|r| RouteFields {
+        tier: &r.tier,
+        complexity: match r.complexity {
+            Complexity::Simple => "simple",
+            Complexity::Moderate => "moderate",
+            Complexity::Complex => "complex",
+        },
+        explanation: &r.explanation,
+        failed_models: &r.failed_models,
     });
-    let body = json!({
-        "id": id,
-        "object": "chat.completion",
-        "created": now(),
-        "model": outcome.model,
-        "choices": [{
-            "index": 0,
-            "message": { "role": "assistant", "content": outcome.output },
-            "finish_reason": finish_reason(&outcome),
+    let body = CompletionBody {
+        id,
+        object: "chat.completion",
+        created: now(),
+        model: &outcome.model,
+        choices: [CompletionChoice {
+            index: 0,
+            message: AssistantMessage {
+                role: "assistant",
+                content: &outcome.output,
+            },
+            finish_reason: finish_reason(&outcome),
         }],
-        "usage": usage(&outcome),
-        "aios": { "cost_usd": outcome.cost.to_f64(), "cache_hit": outcome.cache_hit, "route": route },
-    });
-    (StatusCode::OK, Json(body)).into_response()
+        usage: usage(&outcome),
+        aios: AiosFields {
+            cost_usd: outcome.cost.to_f64(),
+            cache_hit: outcome.cache_hit,
+            route,
+        },
+    };
+    json_response(StatusCode::OK, &body)
+}
+
+/// `body` as an `application/json` response.
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "could not serialise a response");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
 }
 
 /// The HTTP status and OpenAI-shaped body of a pipeline error.
-fn error_body(e: &ExecError) -> (StatusCode, Value) {
+fn error_body(e: &ExecError) -> (StatusCode, ErrorBody<'static>) {
     let (status, kind, code) = match e {
         ExecError::Unauthenticated(_) => (
             StatusCode::UNAUTHORIZED,
@@ -532,10 +529,7 @@ fn error_body(e: &ExecError) -> (StatusCode, Value) {
         ExecError::Internal(_) => "internal error".to_string(),
         other => other.to_string(),
     };
-    (
-        status,
-        json!({ "error": { "message": message, "type": kind, "param": null, "code": code } }),
-    )
+    (status, ErrorBody::new(kind, code, message))
 }
 
 fn exec_error(e: ExecError) -> Response {
@@ -543,7 +537,7 @@ fn exec_error(e: ExecError) -> Response {
         tracing::error!(%detail, "internal error");
     }
     let (status, body) = error_body(&e);
-    let mut response = (status, Json(body)).into_response();
+    let mut response = json_response(status, &body);
     if let ExecError::RateLimited { retry_after, .. } = &e
         && let Ok(value) = HeaderValue::from_str(&retry_after.as_secs().max(1).to_string())
     {
@@ -555,6 +549,8 @@ fn exec_error(e: ExecError) -> Response {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    use serde_json::{Value, json};
 
     use super::*;
 
@@ -604,6 +600,6 @@ mod tests {
             retry_after: Duration::from_secs(30),
         });
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(body.error.code, "rate_limit_exceeded");
     }
 }
