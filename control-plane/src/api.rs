@@ -5,8 +5,7 @@
 //! The contract is complete from the start so that clients in any language
 //! can be generated and discover every service by reflection. RPCs whose
 //! subsystem has not landed yet answer UNIMPLEMENTED (generated default):
-//! TelemetryService with telemetry, BudgetService and ApprovalService with
-//! budgets and approvals.
+//! BudgetService and ApprovalService with budgets and approvals.
 
 use std::time::SystemTime;
 
@@ -29,6 +28,7 @@ use crate::{
     auth::{self, Access, Principal},
     fleet::Fleet,
     store::SharedStore,
+    telemetry::{self, Telemetry, TelemetryError, TimeRange},
 };
 
 /// Resource administration (Apply, Get, List, Delete, Watch, audit).
@@ -338,11 +338,91 @@ impl FleetService for FleetApi {
 }
 
 /// Span ingest from nodes, rollups and live subscriptions.
-#[derive(Debug, Default)]
-pub struct TelemetryApi;
+#[derive(Debug, Clone)]
+pub struct TelemetryApi {
+    store: SharedStore,
+    telemetry: Telemetry,
+}
+
+impl TelemetryApi {
+    /// Serves `telemetry`, authenticating callers against `store`.
+    pub fn new(store: SharedStore, telemetry: Telemetry) -> Self {
+        Self { store, telemetry }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, TelemetryError> {
+        Ok(auth::authenticate(self.store.as_ref(), request.metadata()).await?)
+    }
+
+    /// Dashboards' reads: any key that may read (VIEWER and up).
+    async fn reader<T>(&self, request: &Request<T>) -> Result<Principal, TelemetryError> {
+        let who = self.caller(request).await?;
+        who.authorize(Access::Read)?;
+        Ok(who)
+    }
+}
 
 #[tonic::async_trait]
-impl TelemetryService for TelemetryApi {}
+impl TelemetryService for TelemetryApi {
+    async fn report(
+        &self,
+        request: Request<Streaming<pb::ReportRequest>>,
+    ) -> Result<Response<BoxStream<pb::ReportResponse>>, Status> {
+        let who = self.caller(&request).await?;
+        who.authorize_node().map_err(TelemetryError::from)?;
+        let acks = self.telemetry.report(request.into_inner()).await?;
+        Ok(Response::new(acks))
+    }
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<BoxStream<pb::SubscribeResponse>>, Status> {
+        let who = self.reader(&request).await?;
+        let request = request.into_inner();
+        let filter = telemetry::filter(&who, request.filter).map_err(TelemetryError::from)?;
+        let granularity = telemetry::granularity(request.window)?;
+        // `include_alerts` asks for nothing yet: no alert rules are evaluated.
+        Ok(Response::new(self.telemetry.subscribe(
+            filter,
+            granularity,
+            request.include_spans,
+        )))
+    }
+
+    async fn get_summary(
+        &self,
+        request: Request<pb::GetSummaryRequest>,
+    ) -> Result<Response<pb::GetSummaryResponse>, Status> {
+        let who = self.reader(&request).await?;
+        let request = request.into_inner();
+        let filter = telemetry::filter(&who, request.filter).map_err(TelemetryError::from)?;
+        let range = TimeRange {
+            start: request.start_time.map(|t| t.seconds),
+            // Rounded up: the range ends at the first whole second at or after it.
+            end: request.end_time.map(|t| t.seconds + i64::from(t.nanos > 0)),
+        };
+        let summary = self.telemetry.summary(&filter, range)?;
+        Ok(Response::new(pb::GetSummaryResponse {
+            summary: Some(summary.to_proto()),
+        }))
+    }
+
+    async fn get_trace(
+        &self,
+        request: Request<pb::GetTraceRequest>,
+    ) -> Result<Response<pb::Trace>, Status> {
+        let who = self.reader(&request).await?;
+        // Platform keys see every tenant's spans of a trace.
+        let scope = match who.tenant == aios_model::SYSTEM_TENANT {
+            true => telemetry::TenantScope::All,
+            false => telemetry::TenantScope::One(who.tenant),
+        };
+        let trace_id = request.into_inner().trace_id;
+        let spans = self.telemetry.trace(&trace_id, scope)?;
+        Ok(Response::new(pb::Trace { trace_id, spans }))
+    }
+}
 
 /// Human approvals for dangerous actions.
 #[derive(Debug, Default)]
@@ -360,11 +440,13 @@ impl BudgetService for BudgetApi {}
 
 /// Every control-plane service, ready to serve. The order matches
 /// [`aios_proto::CONTROL_PLANE_SERVICES`].
-pub fn routes(admin: Admin, fleet: Fleet) -> Routes {
+pub fn routes(admin: Admin, fleet: Fleet, telemetry: Telemetry) -> Routes {
     let store = admin.store().clone();
     Routes::new(AdminServiceServer::new(AdminApi::new(admin)))
-        .add_service(FleetServiceServer::new(FleetApi::new(store, fleet)))
-        .add_service(TelemetryServiceServer::new(TelemetryApi))
+        .add_service(FleetServiceServer::new(FleetApi::new(store.clone(), fleet)))
+        .add_service(TelemetryServiceServer::new(TelemetryApi::new(
+            store, telemetry,
+        )))
         .add_service(ApprovalServiceServer::new(ApprovalApi))
         .add_service(BudgetServiceServer::new(BudgetApi))
 }

@@ -20,6 +20,13 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:7071";
 /// Default store: a single-file embedded store under the working directory.
 pub const DEFAULT_STORE: &str = "embedded:aios-state/control-plane.db";
+/// Default retention of span batches in the store.
+pub const DEFAULT_TELEMETRY_RETENTION: Duration = Duration::from_secs(2 * 3600);
+/// Shortest and longest accepted `--telemetry-retention`: at least a
+/// minute (batches sit under one lease per minute), at most the 7 days the
+/// hourly rollups are kept.
+const TELEMETRY_RETENTION_RANGE: (Duration, Duration) =
+    (Duration::from_secs(60), Duration::from_secs(7 * 24 * 3600));
 
 /// `aios-control-plane` command line. Every flag also reads `AIOS_<FLAG>`.
 #[derive(Debug, Parser)]
@@ -45,6 +52,10 @@ pub struct Cli {
     /// This replica's id in the fleet view and leader election (default: host name and process id).
     #[arg(long, env = "AIOS_REPLICA_ID", value_name = "ID")]
     pub replica_id: Option<String>,
+    /// How long span batches stay in the store (a restarted replica rebuilds
+    /// its rollups from what is kept), e.g. `2h`; 1m to 7 days.
+    #[arg(long, env = "AIOS_TELEMETRY_RETENTION", value_name = "DURATION", value_parser = aios_runtime::config::parse_duration)]
+    pub telemetry_retention: Option<Duration>,
     #[command(flatten)]
     pub common: CommonArgs,
     // Last: its help heading would also cover the flags after it.
@@ -83,6 +94,11 @@ struct FileConfig {
     store: Option<StoreUrl>,
     bootstrap_admin_key_file: Option<PathBuf>,
     replica_id: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "aios_runtime::config::deserialize_duration"
+    )]
+    telemetry_retention: Option<Duration>,
     etcd_ca_file: Option<PathBuf>,
     etcd_cert_file: Option<PathBuf>,
     etcd_key_file: Option<PathBuf>,
@@ -112,6 +128,8 @@ pub struct Config {
     pub bootstrap_admin_key: Option<Secret>,
     /// This replica's id (fleet view, leader election).
     pub replica_id: String,
+    /// How long span batches stay in the store.
+    pub telemetry_retention: Duration,
     /// Logging and shutdown.
     pub process: ProcessConfig,
 }
@@ -151,6 +169,9 @@ impl Config {
                     .or(file.bootstrap_admin_key_file),
             )?,
             replica_id: replica_id(cli.replica_id.or(file.replica_id))?,
+            telemetry_retention: telemetry_retention(
+                cli.telemetry_retention.or(file.telemetry_retention),
+            )?,
             process: ProcessConfig::resolve(&cli.common, &common)?,
         })
     }
@@ -166,6 +187,7 @@ impl Config {
             etcd: EtcdSettings::default(),
             bootstrap_admin_key: None,
             replica_id: default_replica_id(),
+            telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             process: ProcessConfig::default(),
         }
     }
@@ -184,6 +206,20 @@ fn replica_id(value: Option<String>) -> Result<String, ConfigError> {
         ));
     }
     Ok(id)
+}
+
+/// The retention of span batches, within [`TELEMETRY_RETENTION_RANGE`].
+fn telemetry_retention(value: Option<Duration>) -> Result<Duration, ConfigError> {
+    let retention = value.unwrap_or(DEFAULT_TELEMETRY_RETENTION);
+    let (min, max) = TELEMETRY_RETENTION_RANGE;
+    if retention < min || retention > max {
+        return Err(ConfigError::invalid(
+            "--telemetry-retention",
+            format!("{}s", retention.as_secs_f64()),
+            "must be between 1m and 168h (7 days)",
+        ));
+    }
+    Ok(retention)
 }
 
 /// `{host name}-{pid}`: unique among replicas running at the same time.
@@ -442,7 +478,26 @@ mod tests {
         assert_eq!(config.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(config.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
         assert_eq!(config.store.to_string(), DEFAULT_STORE);
+        assert_eq!(config.telemetry_retention, DEFAULT_TELEMETRY_RETENTION);
         assert_eq!(config.process, ProcessConfig::default());
+    }
+
+    #[test]
+    fn telemetry_retention_comes_from_flag_or_file_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cp.yaml");
+        std::fs::write(&file, "telemetry-retention: 30m\n").unwrap();
+        let path = file.to_str().unwrap();
+        let from_file = parse(&["--config", path]).unwrap();
+        assert_eq!(from_file.telemetry_retention, Duration::from_secs(1800));
+        let from_flag = parse(&["--config", path, "--telemetry-retention", "6h"]).unwrap();
+        assert_eq!(from_flag.telemetry_retention, Duration::from_secs(6 * 3600));
+        for bad in ["30s", "200h"] {
+            let err = parse(&["--telemetry-retention", bad])
+                .unwrap_err()
+                .one_line();
+            assert!(err.starts_with("invalid --telemetry-retention"), "{err}");
+        }
     }
 
     #[test]

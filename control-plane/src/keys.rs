@@ -13,6 +13,12 @@ pub const BOOTSTRAP: &str = "/aios/v1/bootstrap";
 pub const LEADER: &str = "/aios/v1/leader";
 /// Prefix of fleet membership records, one per node: `/aios/v1/nodes/{node_id}`.
 pub const NODES: &str = "/aios/v1/nodes/";
+/// Prefix of telemetry acknowledgements:
+/// `/aios/v1/telemetry/acked/{node}/{incarnation}` → highest sequence taken.
+pub const TELEMETRY_ACKED: &str = "/aios/v1/telemetry/acked/";
+/// Prefix of stored span batches:
+/// `/aios/v1/telemetry/batches/{unix_minute:012}/{node}/{incarnation}/{seq:020}[-{part:03}]`.
+pub const TELEMETRY_BATCHES: &str = "/aios/v1/telemetry/batches/";
 /// Tenant segment used for Tenant objects themselves (not a valid name, so no clash).
 pub const NO_TENANT: &str = "-";
 
@@ -79,6 +85,71 @@ pub fn audit(tenant: &str, unix_nanos: u128, id: &str) -> String {
     format!("{}{unix_nanos:020}-{id}", audit_prefix(tenant))
 }
 
+/// `/aios/v1/telemetry/acked/{node}/{incarnation}`: the highest sequence
+/// taken from a node's incarnation, in decimal.
+pub fn telemetry_acked(node: &str, incarnation: &str) -> String {
+    format!("{TELEMETRY_ACKED}{node}/{incarnation}")
+}
+
+/// One stored span batch (or one part of a split batch), written in
+/// `unix_minute`. Node ids may contain `/`; the other segments never do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchKey<'a> {
+    /// Minute (Unix seconds / 60) the batch was taken in.
+    pub unix_minute: u64,
+    /// Node id.
+    pub node: &'a str,
+    /// The node's incarnation.
+    pub incarnation: &'a str,
+    /// The batch's sequence.
+    pub sequence: u64,
+    /// Part number when the batch was split; `None` when it was not.
+    pub part: Option<u32>,
+}
+
+impl BatchKey<'_> {
+    /// The store key.
+    pub fn key(&self) -> String {
+        let BatchKey {
+            unix_minute,
+            node,
+            incarnation,
+            sequence,
+            part,
+        } = self;
+        match part {
+            None => {
+                format!("{TELEMETRY_BATCHES}{unix_minute:012}/{node}/{incarnation}/{sequence:020}")
+            }
+            Some(part) => format!(
+                "{TELEMETRY_BATCHES}{unix_minute:012}/{node}/{incarnation}/{sequence:020}-{part:03}"
+            ),
+        }
+    }
+}
+
+/// Parses a batch key back; `None` for anything else.
+pub fn parse_telemetry_batch(key: &str) -> Option<BatchKey<'_>> {
+    let rest = key.strip_prefix(TELEMETRY_BATCHES)?;
+    let (minute, rest) = rest.split_once('/')?;
+    let (rest, last) = rest.rsplit_once('/')?;
+    let (node, incarnation) = rest.rsplit_once('/')?;
+    let (sequence, part) = match last.split_once('-') {
+        Some((sequence, part)) => (sequence, Some(part.parse().ok()?)),
+        None => (last, None),
+    };
+    if node.is_empty() || incarnation.is_empty() {
+        return None;
+    }
+    Some(BatchKey {
+        unix_minute: minute.parse().ok()?,
+        node,
+        incarnation,
+        sequence: sequence.parse().ok()?,
+        part,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +177,43 @@ mod tests {
         assert!(
             !resource(Kind::Model, "acme-labs", "m")
                 .starts_with(&tenant_prefix(Kind::Model, "acme"))
+        );
+    }
+
+    #[test]
+    fn telemetry_batch_keys_round_trip_and_sort_by_minute() {
+        let whole = BatchKey {
+            unix_minute: 29_000_000,
+            node: "pool/node-1",
+            incarnation: "9f2c",
+            sequence: 42,
+            part: None,
+        };
+        let key = whole.key();
+        assert_eq!(
+            key,
+            "/aios/v1/telemetry/batches/000029000000/pool/node-1/9f2c/00000000000000000042"
+        );
+        assert_eq!(parse_telemetry_batch(&key), Some(whole.clone()));
+        let part = BatchKey {
+            part: Some(3),
+            ..whole.clone()
+        };
+        assert!(part.key().ends_with("/00000000000000000042-003"));
+        assert_eq!(parse_telemetry_batch(&part.key()), Some(part));
+        // Fixed-width numbers: key order is time order, then sequence order.
+        let later = BatchKey {
+            unix_minute: 29_000_001,
+            node: "a",
+            sequence: 1,
+            ..whole.clone()
+        };
+        assert!(later.key() > key);
+        assert!(parse_telemetry_batch("/aios/v1/telemetry/batches/x/n/i/1").is_none());
+        assert!(parse_telemetry_batch(&telemetry_acked("n", "i")).is_none());
+        assert_eq!(
+            telemetry_acked("n1", "inc"),
+            "/aios/v1/telemetry/acked/n1/inc"
         );
     }
 }

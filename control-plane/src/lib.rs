@@ -14,6 +14,7 @@ pub mod config;
 pub mod fleet;
 pub mod keys;
 pub mod store;
+pub mod telemetry;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -42,8 +43,10 @@ pub struct ControlPlane {
     server: Running,
     store: SharedStore,
     fleet: fleet::Fleet,
-    fleet_shutdown: CancellationToken,
-    fleet_tasks: Vec<tokio::task::JoinHandle<()>>,
+    telemetry: telemetry::Telemetry,
+    /// Ends the background tasks and the node and subscriber streams.
+    background: CancellationToken,
+    background_tasks: Vec<tokio::task::JoinHandle<()>>,
     bootstrap_secret: Option<String>,
     health: tokio::task::JoinHandle<()>,
 }
@@ -62,14 +65,22 @@ impl ControlPlane {
         let bootstrap_secret = auth::bootstrap(store.as_ref(), bootstrap_key)
             .await
             .map_err(|e| store_error(&config.store, e))?;
-        let fleet_shutdown = CancellationToken::new();
-        let (fleet, fleet_tasks) = fleet::Fleet::start(
+        let background = CancellationToken::new();
+        let (fleet, mut background_tasks) = fleet::Fleet::start(
             store.clone(),
             fleet::FleetSettings::new(&config.replica_id),
-            fleet_shutdown.clone(),
+            background.clone(),
         )
         .await
         .map_err(|e| store_error(&config.store, e))?;
+        let (telemetry, telemetry_task) = telemetry::Telemetry::start(
+            store.clone(),
+            telemetry::TelemetrySettings::new(config.telemetry_retention),
+            background.clone(),
+        )
+        .await
+        .map_err(|e| store_error(&config.store, e))?;
+        background_tasks.push(telemetry_task);
         // Checked before serving starts, so the "serving" log line and the
         // first health answer already reflect the store.
         let store_ok = store_answers(&store).await;
@@ -77,7 +88,11 @@ impl ControlPlane {
             plane: PLANE,
             grpc,
             admin,
-            routes: api::routes(admin::Admin::new(store.clone()), fleet.clone()),
+            routes: api::routes(
+                admin::Admin::new(store.clone()),
+                fleet.clone(),
+                telemetry.clone(),
+            ),
             services: aios_proto::CONTROL_PLANE_SERVICES,
             gates: vec![(GATE_STORE, store_ok)],
             http: None,
@@ -94,8 +109,9 @@ impl ControlPlane {
             server,
             store,
             fleet,
-            fleet_shutdown,
-            fleet_tasks,
+            telemetry,
+            background,
+            background_tasks,
             bootstrap_secret,
             health,
         })
@@ -116,6 +132,11 @@ impl ControlPlane {
         &self.fleet
     }
 
+    /// Span ingest, rollups and traces in this replica.
+    pub fn telemetry(&self) -> &telemetry::Telemetry {
+        &self.telemetry
+    }
+
     /// Bound gRPC address.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.server.grpc_addr()
@@ -133,11 +154,12 @@ impl ControlPlane {
 
     /// Drains in-flight calls for up to `grace`, then stops.
     pub async fn shutdown(self, grace: Duration) -> Drain {
-        // Node streams never end on their own: close them first (nodes
-        // reconnect to another replica), then drain the other calls.
-        self.fleet_shutdown.cancel();
+        // Node and subscriber streams never end on their own: close them
+        // first (nodes reconnect to another replica), then drain the other
+        // calls.
+        self.background.cancel();
         let drain = self.server.shutdown(grace).await;
-        for task in self.fleet_tasks {
+        for task in self.background_tasks {
             let _ = task.await;
         }
         // The health loop stops on the shutdown signal the drain sent.

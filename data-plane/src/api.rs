@@ -21,6 +21,7 @@ use crate::{
         call::{Step, StepKind},
         embed::EmbedRequest,
     },
+    telemetry::TraceContext,
 };
 
 /// Largest idempotency key.
@@ -43,15 +44,15 @@ impl AgentService for AgentApi {
         let received = std::time::Instant::now();
         let timeout = grpc_timeout(request.metadata());
         let (mut metadata, _, request) = request.into_parts();
-        let trace = trace_context(&mut metadata);
+        let trace = TraceContext::join_metadata(&mut metadata);
         let request = exec_request(request)?;
         let outcome = self
             .pipeline
-            .execute(metadata, request, timeout, None)
+            .execute_traced(trace, metadata, request, timeout, None)
             .await?;
         let mut body = response(outcome);
         body.latency = Some(duration(received.elapsed()));
-        body.trace_id = trace.trace_id.clone();
+        body.trace_id = trace.trace_id_hex();
         let mut response = Response::new(body);
         trace.answer(response.metadata_mut());
         Ok(response)
@@ -64,14 +65,14 @@ impl AgentService for AgentApi {
         let received = std::time::Instant::now();
         let timeout = grpc_timeout(request.metadata());
         let (mut metadata, _, request) = request.into_parts();
-        let trace = trace_context(&mut metadata);
-        let trace_id = trace.trace_id.clone();
+        let trace = TraceContext::join_metadata(&mut metadata);
+        let trace_id = trace.trace_id_hex();
         let request = exec_request(request)?;
         let (events_tx, mut events_rx) = mpsc::channel::<Event>(64);
         let (out_tx, out_rx) = mpsc::channel::<Result<pb::ExecuteEvent, Status>>(64);
         let pipeline = self.pipeline.clone();
         tokio::spawn(async move {
-            let run = pipeline.execute(metadata, request, timeout, Some(events_tx));
+            let run = pipeline.execute_traced(trace, metadata, request, timeout, Some(events_tx));
             tokio::pin!(run);
             let result = loop {
                 tokio::select! {
@@ -107,10 +108,12 @@ impl AgentService for AgentApi {
         request: Request<pb::EmbedRequest>,
     ) -> Result<Response<pb::EmbedResponse>, Status> {
         let timeout = grpc_timeout(request.metadata());
-        let (metadata, _, request) = request.into_parts();
+        let (mut metadata, _, request) = request.into_parts();
+        let trace = TraceContext::join_metadata(&mut metadata);
         let embedded = self
             .pipeline
-            .embed(
+            .embed_traced(
+                trace,
                 &metadata,
                 EmbedRequest {
                     model: request.model,
@@ -120,7 +123,7 @@ impl AgentService for AgentApi {
                 timeout,
             )
             .await?;
-        Ok(Response::new(pb::EmbedResponse {
+        let mut response = Response::new(pb::EmbedResponse {
             embeddings: embedded
                 .vectors
                 .into_iter()
@@ -132,7 +135,9 @@ impl AgentService for AgentApi {
                 output_tokens: 0,
             }),
             cost_usd: embedded.cost.to_f64(),
-        }))
+        });
+        trace.answer(response.metadata_mut());
+        Ok(response)
     }
 }
 
@@ -155,58 +160,6 @@ fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     })
-}
-
-// === trace context ===
-
-/// The request's place in a W3C trace.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Trace {
-    /// 32 lowercase hex digits.
-    trace_id: String,
-    /// This node's span: 16 lowercase hex digits.
-    span_id: String,
-}
-
-impl Trace {
-    /// Returns the trace in the response's `traceparent`.
-    fn answer(&self, metadata: &mut tonic::metadata::MetadataMap) {
-        if let Ok(value) = format!("00-{}-{}-01", self.trace_id, self.span_id).parse() {
-            metadata.insert("traceparent", value);
-        }
-    }
-}
-
-/// Joins the caller's trace (a valid `traceparent`) or starts one, and
-/// makes this node's span the parent seen downstream (tools).
-fn trace_context(metadata: &mut tonic::metadata::MetadataMap) -> Trace {
-    let hex = |s: &str, len: usize| {
-        s.len() == len
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-            && s.bytes().any(|b| b != b'0')
-    };
-    let joined = metadata
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let parts: Vec<&str> = v.trim().split('-').collect();
-            match parts.as_slice() {
-                [version, trace, parent, flags] if hex(version, 2) || *version == "00" => {
-                    (*version != "ff" && hex(trace, 32) && hex(parent, 16) && flags.len() == 2)
-                        .then(|| trace.to_string())
-                }
-                _ => None,
-            }
-        });
-    let trace = Trace {
-        trace_id: joined.unwrap_or_else(|| format!("{:032x}", rand::random::<u128>() | 1)),
-        span_id: format!("{:016x}", rand::random::<u64>() | 1),
-    };
-    if let Ok(value) = format!("00-{}-{}-01", trace.trace_id, trace.span_id).parse() {
-        metadata.insert("traceparent", value);
-    }
-    trace
 }
 
 // === request ===
@@ -449,34 +402,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-
-    #[test]
-    fn a_valid_traceparent_is_joined_and_anything_else_starts_a_trace() {
-        let mut md = tonic::metadata::MetadataMap::new();
-        md.insert(
-            "traceparent",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-                .parse()
-                .unwrap(),
-        );
-        let trace = trace_context(&mut md);
-        assert_eq!(trace.trace_id, "0af7651916cd43dd8448eb211c80319c");
-        assert_ne!(trace.span_id, "b7ad6b7169203331", "this node's own span");
-        let downstream = md.get("traceparent").unwrap().to_str().unwrap().to_string();
-        assert!(downstream.contains(&trace.span_id));
-
-        for bad in [
-            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
-            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",
-            "garbage",
-        ] {
-            let mut md = tonic::metadata::MetadataMap::new();
-            md.insert("traceparent", bad.parse().unwrap());
-            let trace = trace_context(&mut md);
-            assert_eq!(trace.trace_id.len(), 32);
-            assert_ne!(trace.trace_id, "00000000000000000000000000000000");
-        }
-    }
 
     #[test]
     fn grpc_timeouts_parse() {

@@ -76,6 +76,12 @@ pub struct Cli {
     /// the `system` tenant (else AIOS_NODE_KEY; never a flag, flags show in `ps`).
     #[arg(long, env = "AIOS_NODE_KEY_FILE", value_name = "PATH")]
     pub node_key_file: Option<PathBuf>,
+    /// Unacknowledged telemetry kept in memory, in bytes, before spilling to disk (default 16 MiB).
+    #[arg(long, env = "AIOS_TELEMETRY_BUFFER_BYTES", value_name = "BYTES")]
+    pub telemetry_buffer_bytes: Option<u64>,
+    /// Unacknowledged telemetry spilled to the state directory, in bytes, before the oldest is dropped; 0 = never spill (default 256 MiB).
+    #[arg(long, env = "AIOS_TELEMETRY_SPILL_BYTES", value_name = "BYTES")]
+    pub telemetry_spill_bytes: Option<u64>,
     #[command(flatten)]
     pub common: CommonArgs,
     // Last: its help heading would also cover the flags after it.
@@ -248,6 +254,8 @@ struct FileConfig {
     labels: Option<BTreeMap<String, String>>,
     state_dir: Option<PathBuf>,
     node_key_file: Option<PathBuf>,
+    telemetry_buffer_bytes: Option<u64>,
+    telemetry_spill_bytes: Option<u64>,
     execution: Option<ExecutionArgs>,
     inference: Option<InferenceArgs>,
     log: Option<String>,
@@ -279,10 +287,31 @@ pub struct Config {
     pub node_key: Option<Secret>,
     /// Retries, circuit breakers and the response cache.
     pub execution: Execution,
+    /// How much unacknowledged telemetry the node keeps.
+    pub telemetry: TelemetryLimits,
     /// The engines of LOCAL models: device, threads, batching, cost.
     pub inference: Inference,
     /// Logging and shutdown.
     pub process: ProcessConfig,
+}
+
+/// How much unacknowledged telemetry a node keeps (see
+/// [`crate::telemetry::spill`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TelemetryLimits {
+    /// Bytes kept in memory before spilling to disk.
+    pub buffer_bytes: u64,
+    /// Bytes kept on disk before the oldest are dropped; 0 = never spill.
+    pub spill_bytes: u64,
+}
+
+impl Default for TelemetryLimits {
+    fn default() -> Self {
+        Self {
+            buffer_bytes: 16 << 20,
+            spill_bytes: 256 << 20,
+        }
+    }
 }
 
 /// Who this node is and where it runs.
@@ -359,6 +388,16 @@ impl Config {
                 std::env::var("AIOS_NODE_KEY").ok(),
             )?,
             execution: Execution::resolve(cli.execution, file.execution)?,
+            telemetry: TelemetryLimits {
+                buffer_bytes: cli
+                    .telemetry_buffer_bytes
+                    .or(file.telemetry_buffer_bytes)
+                    .unwrap_or(TelemetryLimits::default().buffer_bytes),
+                spill_bytes: cli
+                    .telemetry_spill_bytes
+                    .or(file.telemetry_spill_bytes)
+                    .unwrap_or(TelemetryLimits::default().spill_bytes),
+            },
             inference: Inference::resolve(cli.inference, file.inference)?,
             process: ProcessConfig::resolve(&cli.common, &common)?,
         };
@@ -384,6 +423,7 @@ impl Config {
             state_dir,
             node_key: None,
             execution: Execution::default(),
+            telemetry: TelemetryLimits::default(),
             inference: Inference::default(),
             process: ProcessConfig::default(),
         }

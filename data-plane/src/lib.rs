@@ -18,7 +18,9 @@ pub mod openai;
 pub mod pipeline;
 pub mod reliability;
 pub mod router;
+pub mod telemetry;
 pub mod tools;
+pub mod upstream;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -45,6 +47,11 @@ pub struct DataPlane {
     node_config: NodeConfigHandle,
     /// The config agent (one task; aborted if the plane is dropped).
     agent: JoinSet<()>,
+    /// The telemetry reporter (one task), stopped after the drain so the
+    /// last requests' spans go out too.
+    reporter: JoinSet<()>,
+    /// Stops the reporter.
+    reporter_stop: CancellationToken,
     /// Stops the pipeline's background work.
     stop: CancellationToken,
 }
@@ -109,8 +116,12 @@ impl DataPlane {
         let stop = CancellationToken::new();
         let catalog = pipeline::CatalogHandle::follow(&node_config, stop.clone());
         local.follow(&node_config, stop.clone());
+        // Spans: the pipeline's outbox → the reporter → the control plane.
+        let (reporter, outbox) = telemetry::Reporter::new(telemetry::ReporterSettings::new(config));
+        let spans = telemetry::SpanSink::new(outbox, &node.node_id, &node.region);
         let settings = pipeline::Settings {
             local: settings.local.or_else(|| Some(local.clone())),
+            spans: settings.spans.or(Some(spans)),
             ..settings
         };
         let pipeline = pipeline::Pipeline::new(catalog, backends, settings);
@@ -135,10 +146,15 @@ impl DataPlane {
         .with_capabilities(local.capabilities());
         let mut tasks = JoinSet::new();
         tasks.spawn(agent.run(server.shutdown_token()));
+        let reporter_stop = CancellationToken::new();
+        let mut reporters = JoinSet::new();
+        reporters.spawn(reporter.run(reporter_stop.clone()));
         Ok(Self {
             server,
             node_config,
             agent: tasks,
+            reporter: reporters,
+            reporter_stop,
             stop,
         })
     }
@@ -169,11 +185,15 @@ impl DataPlane {
     }
 
     /// Drains in-flight calls for up to `grace`, then stops the config
-    /// agent once it has saved the latest config.
+    /// agent once it has saved the latest config, and the telemetry
+    /// reporter once it has flushed (at most 2 s waiting for acks; what
+    /// is unacknowledged then is spilled for the next start).
     pub async fn shutdown(mut self, grace: Duration) -> Drain {
         let drain = self.server.shutdown(grace).await;
         // The agent stops on the shutdown signal the drain sent.
         while self.agent.join_next().await.is_some() {}
+        self.reporter_stop.cancel();
+        while self.reporter.join_next().await.is_some() {}
         self.stop.cancel();
         drain
     }

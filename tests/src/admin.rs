@@ -3,10 +3,11 @@
 
 #![allow(clippy::expect_used)] // test harness: a failed setup should stop the test loudly
 
-use std::{path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use aios_control_plane::{Config, ControlPlane, Secret, StoreUrl, store::SharedStore};
 use aios_proto::v1::{self as pb, resource::Spec};
+use aios_runtime::config::ListenAddr;
 
 /// The platform admin key every test plane bootstraps with.
 pub const ADMIN_KEY: &str = "aios_test-platform-admin-key-0123456789abcdef";
@@ -32,6 +33,12 @@ impl TestPlane {
         Self::start(StoreUrl::Embedded(dir.join("cp.db")), dir).await
     }
 
+    /// With the embedded store in `dir`, listening on `addr`: a restart of
+    /// a plane that was there before, so its nodes find it again.
+    pub async fn embedded_on(dir: &Path, addr: SocketAddr) -> Self {
+        Self::start_on(StoreUrl::Embedded(dir.join("cp.db")), dir, Some(addr)).await
+    }
+
     /// On an etcd cluster.
     pub async fn etcd(endpoints: Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -41,13 +48,25 @@ impl TestPlane {
     }
 
     async fn start(store: StoreUrl, dir: &Path) -> Self {
+        Self::start_on(store, dir, None).await
+    }
+
+    async fn start_on(store: StoreUrl, dir: &Path, addr: Option<SocketAddr>) -> Self {
         let mut config = Config::local(dir);
+        if let Some(addr) = addr {
+            config.listen = ListenAddr(addr);
+        }
         config.store = store;
         config.bootstrap_admin_key = Some(Secret::new(ADMIN_KEY.into()).expect("valid key"));
         let plane = ControlPlane::start(&config)
             .await
             .expect("control plane starts");
         Self { plane, _dir: None }
+    }
+
+    /// The gRPC listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.plane.grpc_addr()
     }
 
     /// `http://ADDR` of the gRPC listener.

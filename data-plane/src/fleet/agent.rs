@@ -8,52 +8,36 @@
 //! the persist writer. When a stream ends, back off with full jitter and try
 //! the next URL. The node keeps serving its last config throughout.
 
-use std::{error::Error as _, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use aios_proto::v1::{
     self as pb, config_message, fleet_service_client::FleetServiceClient, node_message,
 };
 use aios_runtime::{Readiness, Secret};
-use rand::Rng;
 use tokio::{
     sync::{mpsc, watch},
     time::Instant,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    Code, Request, Status,
-    metadata::MetadataValue,
-    transport::{Channel, Endpoint},
-};
+use tonic::{Code, Request, Status};
 
 use super::{
     checks::Host,
     persist::Writer,
     snapshot::{NodeConfig, NodeConfigHandle, ResourceKey, apply_push},
 };
-use crate::{Config, ControlPlaneUrl, GATE_CONFIG, NodeIdentity};
+use crate::{
+    Config, ControlPlaneUrl, GATE_CONFIG, NodeIdentity,
+    upstream::{Backoff, CREDENTIAL_HINT, authorize, chain, connect},
+};
 
-/// Metadata key carrying the node's API key.
-const API_KEY_HEADER: &str = "x-api-key";
 /// A heartbeat goes out after this long without sending anything (the
 /// control plane closes streams silent for 30 s).
 const HEARTBEAT_AFTER: Duration = Duration::from_secs(5);
-/// How long a TCP connect to a control plane may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// HTTP/2 pings on an idle connection, so a dead peer is noticed.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// How long a ping may go unanswered before the connection is dropped.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Reconnect backoff: first ceiling, doubled per failure up to the cap.
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// Messages to the control plane waiting to be written: the hello, an ACK
 /// and a heartbeat fit; the agent waits when the connection does.
 const OUTBOUND_BUFFER: usize = 4;
-/// What an operator must do when the control plane refuses the node.
-const CREDENTIAL_HINT: &str =
-    "give the node a NODE key of the `system` tenant with --node-key-file or AIOS_NODE_KEY";
 
 /// Drives config distribution for one node. See the module docs.
 #[derive(Debug)]
@@ -164,11 +148,8 @@ impl Agent {
             return End::Gone;
         }
         let mut request = Request::new(ReceiverStream::new(queued));
-        if let Some(key) = &self.node_key {
-            match MetadataValue::try_from(key.expose()) {
-                Ok(value) => request.metadata_mut().insert(API_KEY_HEADER, value),
-                Err(_) => return End::BadKey,
-            };
+        if authorize(&mut request, self.node_key.as_ref()).is_err() {
+            return End::BadKey;
         }
         let mut inbound = match FleetServiceClient::new(channel)
             .stream_config(request)
@@ -302,17 +283,6 @@ fn message_of(msg: node_message::Msg) -> pb::NodeMessage {
     pb::NodeMessage { msg: Some(msg) }
 }
 
-async fn connect(url: &ControlPlaneUrl) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(url.0.clone())?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
-}
-
 /// Logs why a stream ended.
 fn report(url: &ControlPlaneUrl, end: &End) {
     match end {
@@ -345,23 +315,6 @@ fn report(url: &ControlPlaneUrl, end: &End) {
             "the node key cannot be sent as gRPC metadata; {CREDENTIAL_HINT}"
         ),
     }
-}
-
-/// An error and its causes, `outer: inner: root` (tonic's transport errors
-/// alone say only "transport error").
-fn chain(error: &tonic::transport::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        // Some layers repeat their inner error's text; say it once.
-        if !text.ends_with(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// `Model acme/gpt` for a reference, as the logs name resources.
@@ -400,34 +353,6 @@ fn mem_total_bytes(meminfo: &str) -> Option<u64> {
         Some("kB") => value.checked_mul(1024),
         None => Some(value),
         Some(_) => None,
-    }
-}
-
-// === Backoff ===
-
-/// Exponential backoff with full jitter: each delay is uniform in
-/// `[0, ceiling]`, the ceiling doubling per failure from [`BACKOFF_BASE`]
-/// up to [`BACKOFF_CAP`]. Full jitter spreads a fleet that lost its control
-/// plane at once, so they do not all reconnect at once.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
-}
-
-impl Backoff {
-    fn ceiling(&self) -> Duration {
-        let factor = 1u32 << self.failures.min(16);
-        BACKOFF_BASE.saturating_mul(factor).min(BACKOFF_CAP)
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let ceiling = u64::try_from(self.ceiling().as_millis()).unwrap_or(u64::MAX);
-        self.failures = self.failures.saturating_add(1);
-        Duration::from_millis(rand::rng().random_range(0..=ceiling))
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
     }
 }
 

@@ -15,6 +15,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Response, Status, Streaming};
 
 use super::*;
+use crate::upstream::API_KEY_HEADER;
 use crate::{
     DataPlane,
     fleet::{
@@ -339,23 +340,6 @@ async fn the_config_gate_opens_on_the_first_push_and_a_restart_starts_from_disk(
     assert_eq!(config.revision, 3);
     assert_eq!(config.get(&search()).unwrap().version, 3);
     plane.shutdown(HANG).await;
-}
-
-#[test]
-fn backoff_doubles_to_the_cap_with_full_jitter_and_resets() {
-    let mut backoff = Backoff::default();
-    let mut ceilings = Vec::new();
-    for _ in 0..10 {
-        let ceiling = backoff.ceiling();
-        ceilings.push(ceiling.as_millis());
-        assert!(backoff.next_delay() <= ceiling);
-    }
-    assert_eq!(
-        ceilings,
-        vec![100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]
-    );
-    backoff.reset();
-    assert_eq!(backoff.ceiling(), BACKOFF_BASE);
 }
 
 #[test]

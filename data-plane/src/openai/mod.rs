@@ -49,6 +49,7 @@ use crate::{
         Event, ExecError, ExecRequest, Input, Outcome, Params, Pipeline, Status,
         embed::EmbedRequest,
     },
+    telemetry::{TRACEPARENT, TraceContext},
 };
 
 /// The HTTP router over `pipeline`.
@@ -125,7 +126,9 @@ async fn embeddings(
         inputs,
         user: request.user.unwrap_or_default(),
     };
-    let embedded = match pipeline.embed(&metadata(&headers), embed, None).await {
+    let mut metadata = metadata(&headers);
+    let trace = TraceContext::join_metadata(&mut metadata);
+    let embedded = match pipeline.embed_traced(trace, &metadata, embed, None).await {
         Ok(embedded) => embedded,
         Err(e) => return exec_error(e),
     };
@@ -162,7 +165,7 @@ async fn embeddings(
             truncated: &embedded.truncated,
         },
     };
-    json_response(StatusCode::OK, &body)
+    traced(json_response(StatusCode::OK, &body), &trace)
 }
 
 /// An error in OpenAI's JSON shape.
@@ -298,21 +301,36 @@ async fn chat_completions(
         Ok(parsed) => parsed,
         Err(e) => return exec_error(e),
     };
-    let metadata = metadata(&headers);
+    let mut metadata = metadata(&headers);
+    let trace = TraceContext::join_metadata(&mut metadata);
     let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
-    if !stream {
-        return match pipeline.execute(metadata, request, None, None).await {
+    let response = if stream {
+        Sse::new(streamed(pipeline, trace, metadata, request, id)).into_response()
+    } else {
+        match pipeline
+            .execute_traced(trace, metadata, request, None, None)
+            .await
+        {
             Ok(outcome) => completion(&id, outcome),
             Err(e) => exec_error(e),
-        };
+        }
+    };
+    traced(response, &trace)
+}
+
+/// `response` with the request's `traceparent` header.
+fn traced(mut response: Response, trace: &TraceContext) -> Response {
+    if let Ok(value) = HeaderValue::from_str(&trace.traceparent()) {
+        response.headers_mut().insert(TRACEPARENT, value);
     }
-    Sse::new(streamed(pipeline, metadata, request, id)).into_response()
+    response
 }
 
 /// Runs the request, turning its events into OpenAI chunks; the last chunk
 /// carries the finish reason and usage, then `[DONE]`.
 fn streamed(
     pipeline: Pipeline,
+    trace: TraceContext,
     metadata: MetadataMap,
     request: ExecRequest,
     id: String,
@@ -321,7 +339,7 @@ fn streamed(
     let (out_tx, out_rx) = mpsc::channel::<SseEvent>(64);
     let created = now();
     tokio::spawn(async move {
-        let run = pipeline.execute(metadata, request, None, Some(events_tx));
+        let run = pipeline.execute_traced(trace, metadata, request, None, Some(events_tx));
         tokio::pin!(run);
         let chunk =
             |delta: Delta<'_>, finish_reason: Option<&'static str>, usage: Option<WireUsage>| {

@@ -56,6 +56,7 @@ use crate::{
     backend::{ChatMessage, ChatRequest, ChatResponse, Role, ToolCall, Usage},
     reliability::{CallError, Candidate, ChainReport, Reliability},
     router,
+    telemetry::{self, TraceContext},
     tools::{self, ToolRun, Tools},
 };
 
@@ -217,12 +218,17 @@ async fn action(
     name: &str,
     arguments_json: &str,
 ) -> Outcome {
-    let started = Instant::now();
-    let run = shared
-        .tools
-        .run(tools, name, arguments_json, "action")
-        .await;
-    let step = tool_step(0, &run, started.elapsed());
+    let timed = timed_run(
+        &shared.tools,
+        tools,
+        &call.trace,
+        name,
+        arguments_json,
+        "action",
+    )
+    .await;
+    let step = tool_step(0, &timed);
+    let run = timed.run;
     emit(call, Event::Step(step.clone())).await;
     outcome.steps.push(step);
     match run.error {
@@ -299,10 +305,15 @@ impl Conversation<'_> {
                         kind: StepKind::Model,
                         name: model.unwrap_or_default(),
                         skipped_forensic: false,
+                        started,
                         latency: started.elapsed(),
                         error: Some(error.to_string()),
+                        error_type: Some(telemetry::call_error_type(&error)),
                         usage: Usage::default(),
                         cost: aios_model::Usd::ZERO,
+                        baseline_cost: None,
+                        attempts: report.calls,
+                        span_id: None,
                     });
                     let late = Instant::now() >= self.deadline;
                     return failure(outcome, error, tools_ran.then_some(late));
@@ -331,19 +342,24 @@ impl Conversation<'_> {
                 .output_tokens
                 .saturating_add(usage.output_tokens);
             outcome.cost = outcome.cost.saturating_add(cost);
+            outcome.route = self.route_info(&report, &served, model, outcome.usage);
             let step = Step {
                 index,
                 kind: StepKind::Model,
                 name: served.clone(),
                 skipped_forensic: false,
+                started,
                 latency: started.elapsed(),
                 error: None,
+                error_type: None,
                 usage,
                 cost,
+                baseline_cost: self.baseline_cost(model, usage),
+                attempts: report.calls,
+                span_id: None,
             };
             emit(call, Event::Step(step.clone())).await;
             outcome.steps.push(step);
-            outcome.route = self.route_info(&report, &served, model, outcome.usage);
             outcome.model = served;
 
             let ChatResponse {
@@ -394,13 +410,13 @@ impl Conversation<'_> {
             request.messages.push(assistant);
             let runs = self.run_tools(&calls).await;
             tools_ran = true;
-            for (i, (tool_call, (run, latency))) in calls.iter().zip(runs).enumerate() {
-                let step = tool_step(step_index(first + i), &run, latency);
+            for (i, (tool_call, timed)) in calls.iter().zip(runs).enumerate() {
+                let step = tool_step(step_index(first + i), &timed);
                 emit(call, Event::Step(step.clone())).await;
                 outcome.steps.push(step);
                 let message = ChatMessage {
                     role: Role::Tool,
-                    content: run.content,
+                    content: timed.run.content,
                     tool_call_id: Some(tool_call.id.clone()),
                     tool_calls: Vec::new(),
                 };
@@ -437,15 +453,37 @@ impl Conversation<'_> {
     }
 
     /// Runs one turn's tool calls, concurrently; results in the calls' order.
-    async fn run_tools(&self, calls: &[ToolCall]) -> Vec<(ToolRun, Duration)> {
+    async fn run_tools(&self, calls: &[ToolCall]) -> Vec<TimedRun> {
+        let trace = &self.call.trace;
         let runs: Vec<_> = calls
             .iter()
-            .map(|c| timed_run(&self.shared.tools, &self.tools, c))
+            .map(|c| {
+                timed_run(
+                    &self.shared.tools,
+                    &self.tools,
+                    trace,
+                    &c.name,
+                    &c.arguments_json,
+                    &c.id,
+                )
+            })
             .collect();
         futures::stream::iter(runs)
             .buffered(MAX_CONCURRENT_TOOL_CALLS)
             .collect()
             .await
+    }
+
+    /// What one model call's tokens would have cost on the routing table's
+    /// baseline model (routed conversations only).
+    fn baseline_cost(&self, model: &Model, usage: Usage) -> Option<aios_model::Usd> {
+        let (call, tenant) = (self.call, self.tenant);
+        call.route.as_ref()?;
+        let table = call
+            .catalog
+            .routing_table(tenant, &self.agent.routing_table)?;
+        let models = |name: &str| call.catalog.model(tenant, name);
+        router::savings(table, &models, model, usage).baseline
     }
 
     /// Routing of the last model call; the baseline prices all the tokens.
@@ -475,32 +513,60 @@ impl Conversation<'_> {
     }
 }
 
+/// A tool call as run, with its timing and span.
+struct TimedRun {
+    run: ToolRun,
+    started: Instant,
+    latency: Duration,
+    span_id: u64,
+}
+
+/// Runs one tool call as its own span of the request's trace: the tool
+/// sees that span as its parent.
 async fn timed_run(
     tools: &Tools,
     caller: &tools::Caller<'_>,
-    call: &ToolCall,
-) -> (ToolRun, Duration) {
+    trace: &TraceContext,
+    name: &str,
+    arguments_json: &str,
+    call_id: &str,
+) -> TimedRun {
+    let span_id = telemetry::new_span_id();
+    let traceparent = trace.child_traceparent(span_id);
+    let caller = tools::Caller {
+        traceparent: Some(&traceparent),
+        ..*caller
+    };
     let started = Instant::now();
-    let run = tools
-        .run(caller, &call.name, &call.arguments_json, &call.id)
-        .await;
-    (run, started.elapsed())
+    let run = tools.run(&caller, name, arguments_json, call_id).await;
+    TimedRun {
+        run,
+        started,
+        latency: started.elapsed(),
+        span_id,
+    }
 }
 
 fn step_index(position: usize) -> u32 {
     u32::try_from(position).unwrap_or(u32::MAX)
 }
 
-fn tool_step(index: u32, run: &ToolRun, latency: Duration) -> Step {
+fn tool_step(index: u32, timed: &TimedRun) -> Step {
+    let run = &timed.run;
     Step {
         index,
         kind: StepKind::Tool,
         name: run.name.clone(),
         skipped_forensic: run.skipped_forensic,
-        latency,
+        started: timed.started,
+        latency: timed.latency,
         error: run.error.as_ref().map(ToString::to_string),
+        error_type: run.error.as_ref().map(telemetry::tool_error_type),
         usage: Usage::default(),
         cost: aios_model::Usd::ZERO,
+        baseline_cost: None,
+        attempts: Vec::new(),
+        span_id: Some(timed.span_id),
     }
 }
 

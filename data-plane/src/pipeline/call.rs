@@ -11,7 +11,9 @@ use tonic::metadata::MetadataMap;
 use super::{authn::Caller, cache::CacheKey, catalog::Catalog};
 use crate::{
     backend::{ChatMessage, Usage},
+    reliability::Attempted,
     router::Route,
+    telemetry::TraceContext,
 };
 
 /// Sampling parameters of the request.
@@ -83,6 +85,8 @@ pub struct Call {
     pub catalog: Arc<Catalog>,
     /// gRPC metadata (the API key, `traceparent`).
     pub metadata: MetadataMap,
+    /// The request's trace and its own span.
+    pub trace: TraceContext,
     /// The request.
     pub request: ExecRequest,
     /// When the node received it.
@@ -143,14 +147,26 @@ pub struct Step {
     pub name: String,
     /// A side-effecting tool skipped in forensic mode.
     pub skipped_forensic: bool,
+    /// When it started.
+    pub started: Instant,
     /// How long it took.
     pub latency: Duration,
     /// Its error; `None` = succeeded.
     pub error: Option<String>,
+    /// Its error's class (the span's `error.type`); `None` = succeeded.
+    pub error_type: Option<&'static str>,
     /// Tokens of a model call.
     pub usage: Usage,
     /// Cost of a model call.
     pub cost: Usd,
+    /// What the routing table's baseline model would have cost for the
+    /// same tokens; `None` without a baseline (and for tools).
+    pub baseline_cost: Option<Usd>,
+    /// A model call's calls to backends, retries and fallbacks included
+    /// (empty for tools, and when no model could be called).
+    pub attempts: Vec<Attempted>,
+    /// A tool call's span id, sent to the tool in its `traceparent`.
+    pub span_id: Option<u64>,
 }
 
 /// How the model was chosen.

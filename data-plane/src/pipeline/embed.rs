@@ -13,8 +13,9 @@ use aios_model::{Kind, ModelCapability, ModelProvider, Spec, Usd};
 use tokio::time::Instant;
 use tonic::metadata::MetadataMap;
 
-use super::{Pipeline, authn, error::ExecError};
+use super::{Catalog, Pipeline, authn, error::ExecError};
 use crate::local::Loaded;
+use crate::telemetry::{Clock, RequestInfo, TRACEPARENT, TraceContext, span::OP_EMBEDDINGS};
 
 /// Most texts per request.
 pub const MAX_INPUTS: usize = 2048;
@@ -58,12 +59,56 @@ impl Pipeline {
         request: EmbedRequest,
         timeout: Option<Duration>,
     ) -> Result<Embedded, ExecError> {
-        let deadline = Instant::now() + timeout.unwrap_or(DEFAULT_DEADLINE);
+        let trace = TraceContext::join(metadata.get(TRACEPARENT).and_then(|v| v.to_str().ok()));
+        self.embed_traced(trace, metadata, request, timeout).await
+    }
+
+    /// [`Pipeline::embed`] as span `trace` (joined by the edge). A request
+    /// that fails before its key is known (malformed, bad key) gets no
+    /// span: there is no tenant to bill.
+    pub async fn embed_traced(
+        &self,
+        trace: TraceContext,
+        metadata: &MetadataMap,
+        request: EmbedRequest,
+        timeout: Option<Duration>,
+    ) -> Result<Embedded, ExecError> {
+        let received = Instant::now();
+        let deadline = received + timeout.unwrap_or(DEFAULT_DEADLINE);
         validate(&request)?;
         let catalog = self.catalog.load();
         let caller =
             authn::authenticate(&catalog, metadata, &request.user, jiff::Timestamp::now())?;
-        self.rate_limiter.admit(&caller, Instant::now())?;
+        let model = request.model.clone();
+        let result = self.embed_as(&catalog, &caller, request, deadline).await;
+        if let Some(spans) = &self.spans {
+            let info = RequestInfo {
+                trace,
+                clock: Clock::at(received),
+                tenant: caller.tenant.clone(),
+                agent: String::new(),
+                action: OP_EMBEDDINGS.to_string(),
+                temperature: None,
+                max_tokens: None,
+            };
+            let ended = match &result {
+                Ok(embedded) => Ok((embedded.input_tokens, embedded.cost)),
+                Err(error) => Err(error),
+            };
+            spans.embedding(&info, &model, ended);
+        }
+        result
+    }
+
+    /// Embeds for an authenticated `caller`.
+    async fn embed_as(
+        &self,
+        catalog: &Catalog,
+        caller: &authn::Caller,
+        request: EmbedRequest,
+        deadline: Instant,
+    ) -> Result<Embedded, ExecError> {
+        self.rate_limiter.admit(caller, Instant::now())?;
         let not_found = || ExecError::NotFound {
             kind: "Model",
             name: request.model.clone(),
@@ -126,7 +171,7 @@ impl Pipeline {
         let input_tokens: u64 = embedded.iter().map(|e| u64::from(e.tokens)).sum();
         let device_cost = call.finish(input_tokens);
         self.rate_limiter
-            .charge_tokens(&caller, input_tokens, Instant::now());
+            .charge_tokens(caller, input_tokens, Instant::now());
         let cost = match model.input_price_per_mtok.is_zero() {
             true => device_cost,
             false => crate::router::cost(model, input_tokens, 0),

@@ -41,7 +41,10 @@ pub use error::ExecError;
 pub use ratelimit::RateLimiter;
 pub use stage::Stages;
 
-use crate::reliability::{BreakerConfig, Breakers, Reliability, RetryPolicy};
+use crate::{
+    reliability::{BreakerConfig, Breakers, Reliability, RetryPolicy},
+    telemetry::{SpanLayer, SpanSink, TraceContext},
+};
 
 /// Deadline of a request whose caller and agent set none.
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
@@ -64,6 +67,8 @@ pub struct Settings {
     /// The node's LOCAL models: embeddings (`Embed`, the semantic cache).
     /// `None` = none (benchmarks and tests with their own backends).
     pub local: Option<Arc<crate::local::LocalModels>>,
+    /// Where requests' spans go. `None` = no spans.
+    pub spans: Option<SpanSink>,
 }
 
 impl Default for Settings {
@@ -81,6 +86,7 @@ impl Default for Settings {
             breakers: BreakerConfig::default(),
             unauthenticated_tenant: None,
             local: None,
+            spans: None,
         }
     }
 }
@@ -94,6 +100,8 @@ pub struct Pipeline {
     semantic: Arc<semantic::SemanticIndex>,
     local: Option<Arc<crate::local::LocalModels>>,
     rate_limiter: Arc<RateLimiter>,
+    /// Where `Embed` spans go (executions' go through the span stage).
+    spans: Option<SpanSink>,
 }
 
 impl Pipeline {
@@ -109,8 +117,12 @@ impl Pipeline {
         ));
         let rate_limiter = Arc::new(RateLimiter::default());
         let semantic = Arc::new(semantic::SemanticIndex::new(settings.cache_ttl));
+        let spans = settings.spans.clone().filter(|_| settings.stages.span);
         let stages = stage::StageSet {
             authenticate: stage::StageLayer(Arc::new(authn::Authenticate)),
+            span: spans
+                .clone()
+                .map(|sink| SpanLayer::new(sink, settings.unauthenticated_tenant.as_deref())),
             idempotency: stage::StageLayer(Arc::new(idempotency::Idempotency::default())),
             rate_limit: stage::StageLayer(rate_limiter.clone()),
             guardrails: stage::StageLayer(Arc::new(guard::InputGuard)),
@@ -143,13 +155,31 @@ impl Pipeline {
             semantic,
             local: settings.local,
             rate_limiter,
+            spans,
         }
     }
 
     /// Runs `request`. `timeout` is the caller's (gRPC `grpc-timeout`);
-    /// `events` receives tokens and steps for `ExecuteStream`.
+    /// `events` receives tokens and steps for `ExecuteStream`. The trace is
+    /// joined from `metadata`'s `traceparent`; edges that answer with the
+    /// trace join it themselves and call [`Pipeline::execute_traced`].
     pub async fn execute(
         &self,
+        mut metadata: MetadataMap,
+        request: ExecRequest,
+        timeout: Option<Duration>,
+        events: Option<mpsc::Sender<Event>>,
+    ) -> Result<Outcome, ExecError> {
+        let trace = TraceContext::join_metadata(&mut metadata);
+        self.execute_traced(trace, metadata, request, timeout, events)
+            .await
+    }
+
+    /// [`Pipeline::execute`] as span `trace` (already joined, and set as
+    /// `traceparent` in `metadata`, by the edge).
+    pub async fn execute_traced(
+        &self,
+        trace: TraceContext,
         metadata: MetadataMap,
         request: ExecRequest,
         timeout: Option<Duration>,
@@ -159,6 +189,7 @@ impl Pipeline {
         let call = Box::new(call::Call {
             catalog: self.catalog.load(),
             metadata,
+            trace,
             request,
             received,
             deadline: received + timeout.unwrap_or(DEFAULT_DEADLINE),

@@ -137,6 +137,8 @@ pub struct Stages {
     pub route: bool,
     /// The response cache.
     pub cache: bool,
+    /// Spans (when the pipeline has a span sink).
+    pub span: bool,
 }
 
 impl Stages {
@@ -148,6 +150,7 @@ impl Stages {
         policy: true,
         route: true,
         cache: true,
+        span: true,
     };
 }
 
@@ -156,6 +159,8 @@ impl Stages {
 pub struct StageSet {
     /// Stage 1.
     pub authenticate: StageLayer<super::authn::Authenticate>,
+    /// Stage 1a: the request's spans, once it ends (`None` = no sink).
+    pub span: Option<crate::telemetry::SpanLayer>,
     /// Stage 1b: replays answered idempotency keys (no toggle: a no-op
     /// without a key).
     pub idempotency: StageLayer<super::idempotency::Idempotency>,
@@ -187,6 +192,7 @@ where
     BoxCloneSyncService::new(
         ServiceBuilder::new()
             .option_layer(enabled.authenticate.then(|| stages.authenticate.clone()))
+            .option_layer(stages.span.clone().filter(|_| enabled.span))
             .layer(stages.idempotency.clone())
             .option_layer(enabled.rate_limit.then(|| stages.rate_limit.clone()))
             .option_layer(enabled.guardrails.then(|| stages.guardrails.clone()))

@@ -145,6 +145,23 @@ pub struct ModelTry {
     pub result: TryResult,
 }
 
+/// One call to a model's backend, as made: each becomes a `chat` span.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempted {
+    /// The model.
+    pub model: String,
+    /// 1 for the model's first call, 2 for its first retry, …
+    pub attempt: u32,
+    /// The model is a fallback (not the chain's first).
+    pub fallback: bool,
+    /// When the call started.
+    pub started: Instant,
+    /// How long it took (a stream: until its first token).
+    pub latency: Duration,
+    /// Why it failed; `None` = it answered.
+    pub error: Option<ErrorKind>,
+}
+
 /// What a chain call did, for the route decision and the span.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChainReport {
@@ -153,6 +170,8 @@ pub struct ChainReport {
     /// The models tried, in order (models after the one that answered, or
     /// after a stop, do not appear).
     pub tries: Vec<ModelTry>,
+    /// Every call made, in order, all models together.
+    pub calls: Vec<Attempted>,
     /// Time slept in backoffs, all models together.
     pub backoff: Duration,
 }
@@ -244,12 +263,18 @@ impl Reliability {
         // called explains the failure best; failing that, the breakers.
         let mut last: Option<CallError> = None;
         let mut shed: Option<(String, Duration)> = None;
-        for candidate in chain {
+        for (position, candidate) in chain.iter().enumerate() {
             if Instant::now() >= deadline {
                 break;
             }
             let model = candidate.model.clone();
-            let run = self.try_model(candidate, &mut attempt, deadline, how).await;
+            let tried = Tried {
+                fallback: position > 0,
+                calls: &mut report.calls,
+            };
+            let run = self
+                .try_model(candidate, &mut attempt, deadline, how, tried)
+                .await;
             report.backoff += run.backoff;
             let (gave_up, error) = match (run.stop, run.failure) {
                 (Stop::Served(output), _) => {
@@ -325,6 +350,7 @@ impl Reliability {
         attempt: &mut ChatRequest,
         caller_deadline: Instant,
         how: &A,
+        tried: Tried<'_>,
     ) -> ModelRun<A::Output> {
         let model = candidate.model.as_str();
         let mut attempts = self.retry.attempts(TimeLimits {
@@ -346,7 +372,17 @@ impl Reliability {
                 attempt_deadline,
                 caller_deadline,
             };
-            match how.attempt(&*candidate.backend, attempt, guard).await {
+            let started = Instant::now();
+            let result = how.attempt(&*candidate.backend, attempt, guard).await;
+            tried.calls.push(Attempted {
+                model: candidate.model.clone(),
+                attempt: attempts.made(),
+                fallback: tried.fallback,
+                started,
+                latency: started.elapsed(),
+                error: result.as_ref().err().map(|e| e.kind),
+            });
+            match result {
                 Ok(output) => break Stop::Served(output),
                 Err(error) => {
                     let next = attempts.after_failure(&error).await;
@@ -374,6 +410,13 @@ impl Reliability {
             failure,
         }
     }
+}
+
+/// Where [`Reliability::try_model`] records its calls.
+struct Tried<'a> {
+    /// The model is not the chain's first.
+    fallback: bool,
+    calls: &'a mut Vec<Attempted>,
 }
 
 /// What [`Reliability::try_model`] did.

@@ -28,6 +28,7 @@ mod testing;
 
 pub use breaker::{BreakerConfig, BreakerState, Breakers, Outcome, Permit, Shed};
 pub use fallback::{
-    CallError, Candidate, ChainReport, Chained, ModelTry, Reliability, TryResult, falls_back,
+    Attempted, CallError, Candidate, ChainReport, Chained, ModelTry, Reliability, TryResult,
+    falls_back,
 };
 pub use retry::{Attempts, GaveUp, Jitter, Retried, RetryPolicy, TimeLimits};

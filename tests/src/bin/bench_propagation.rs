@@ -17,12 +17,8 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark program: printing is its job
 
 use std::{
-    collections::{HashMap, VecDeque},
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    collections::HashMap,
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -34,8 +30,7 @@ use aios_proto::v1::{
 use aios_runtime::cli::{EXIT_FAILURE, exit_config, exit_with};
 use aios_tests::{
     admin::{ADMIN_KEY, budget, tenant},
-    bench::{self, Args, Machine, ms, positive, positive_list},
-    control_plane_args,
+    bench::{self, Args, Machine, ms, plane::PlaneProcess, positive, positive_list},
 };
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
@@ -102,157 +97,6 @@ fn parse_args() -> Options {
         }
     }
     options
-}
-
-// === The control plane, as a process ===
-
-/// `aios-control-plane` on free loopback ports with [`ADMIN_KEY`] as its
-/// bootstrap key. Killed on drop.
-struct ControlPlane {
-    child: Child,
-    grpc: SocketAddr,
-    /// The last stderr lines, for error messages.
-    stderr_tail: Arc<Mutex<VecDeque<String>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl ControlPlane {
-    /// The `aios-control-plane` binary next to this one. The harness's
-    /// `bin()` resolves from a test executable in `deps/`; this program runs
-    /// from the profile directory itself.
-    fn program() -> Result<PathBuf> {
-        let exe = std::env::current_exe()?;
-        let program = exe
-            .parent()
-            .map(|dir| dir.join("aios-control-plane"))
-            .filter(|path| path.is_file())
-            .with_context(|| {
-                format!(
-                    "no aios-control-plane next to {}: run `cargo build --release -p aios-control-plane -p aios-tests --bins` first",
-                    exe.display()
-                )
-            })?;
-        // `cargo run --bin bench-propagation` rebuilds this program, not the
-        // control plane's binary: say so when that one looks stale.
-        let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified());
-        if let (Ok(bench), Ok(plane)) = (modified(&exe), modified(&program))
-            && plane < bench
-        {
-            eprintln!(
-                "note: {} is older than this program; if the control plane changed, rebuild both in this profile: cargo build [--release] -p aios-control-plane -p aios-tests --bins",
-                program.display()
-            );
-        }
-        Ok(program)
-    }
-
-    async fn start(program: &Path, store: &str) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let store = match store {
-            "embedded" => format!("embedded:{}", dir.path().join("cp.db").display()),
-            etcd => etcd.to_string(),
-        };
-        let mut command = Command::new(program);
-        // Hermetic, like the test harness: only the settings given here.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("AIOS_") {
-                command.env_remove(key);
-            }
-        }
-        let mut child = command
-            .args(control_plane_args(&store))
-            .env("AIOS_BOOTSTRAP_ADMIN_KEY", ADMIN_KEY)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawn {}", program.display()))?;
-        let stderr = child.stderr.take().context("stderr")?;
-        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
-        let (serving_tx, serving_rx) = tokio::sync::oneshot::channel();
-        let tail = stderr_tail.clone();
-        // Drains stderr for the process's whole life (a full pipe would
-        // stall its logging), keeping the tail and reporting `serving`.
-        std::thread::spawn(move || {
-            let mut serving_tx = Some(serving_tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Ok(value) = serde_json::from_str::<serde_json::Value>(&line)
-                    && value["message"] == "serving"
-                    && let Some(tx) = serving_tx.take()
-                {
-                    let _ = tx.send(value["grpc"].as_str().unwrap_or_default().to_string());
-                }
-                if let Ok(mut tail) = tail.lock() {
-                    tail.push_back(line);
-                    if tail.len() > 20 {
-                        tail.pop_front();
-                    }
-                }
-            }
-        });
-        let mut plane = Self {
-            child,
-            grpc: SocketAddr::from(([127, 0, 0, 1], 0)),
-            stderr_tail,
-            _dir: dir,
-        };
-        let grpc = match tokio::time::timeout(START_TIMEOUT, serving_rx).await {
-            Ok(Ok(grpc)) => grpc,
-            Ok(Err(_)) => bail!(
-                "the control plane exited before serving: {}",
-                plane.stderr_text()
-            ),
-            Err(_) => bail!(
-                "the control plane was not serving within {START_TIMEOUT:?}: {}",
-                plane.stderr_text()
-            ),
-        };
-        plane.grpc = grpc
-            .parse()
-            .with_context(|| format!("serving line has no gRPC address: '{grpc}'"))?;
-        Ok(plane)
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.grpc)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Resident memory in KiB (`VmRSS` of /proc/PID/status).
-    fn rss_kib(&self) -> Result<u64> {
-        let path = format!("/proc/{}/status", self.pid());
-        let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .with_context(|| format!("no VmRSS in {path}"))
-    }
-
-    /// The last stderr lines, for an error message.
-    fn stderr_text(&self) -> String {
-        let tail = self
-            .stderr_tail
-            .lock()
-            .map(|t| t.iter().cloned().collect::<Vec<_>>())
-            .unwrap_or_default();
-        if tail.is_empty() {
-            "(no stderr)".into()
-        } else {
-            format!("stderr ends with:\n{}", tail.join("\n"))
-        }
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // === Simulated nodes ===
@@ -513,7 +357,7 @@ impl Outcome {
 }
 
 async fn bench_n(program: &Path, n: usize, options: &Options) -> Result<Outcome> {
-    let plane = ControlPlane::start(program, &options.store).await?;
+    let plane = PlaneProcess::start(program, &options.store).await?;
     let url = plane.url();
     let mut admin = AdminClient::connect(&url, Some(ADMIN_KEY), CALL_TIMEOUT).await?;
     let apply = |resource| pb::ApplyRequest {
@@ -672,7 +516,7 @@ fn report(outcomes: &[Outcome], options: &Options, machine: &Machine) {
 }
 
 async fn run(options: &Options, machine: &Machine) -> Result<()> {
-    let program = ControlPlane::program()?;
+    let program = PlaneProcess::program()?;
     let mut outcomes = Vec::new();
     for &n in &options.nodes {
         match bench_n(&program, n, options).await {

@@ -183,6 +183,7 @@ fn call(catalog: Catalog, input: Input, events: Option<mpsc::Sender<Event>>) -> 
     Box::new(Call {
         catalog: Arc::new(catalog),
         metadata: MetadataMap::new(),
+        trace: crate::telemetry::TraceContext::join(None),
         request: ExecRequest {
             agent: "bot".into(),
             input,

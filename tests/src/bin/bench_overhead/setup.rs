@@ -9,6 +9,7 @@ use aios_data_plane::{
     },
     fleet::{Applied, NodeConfig, ResourceKey},
     pipeline::{BackendFactory, ExecRequest, Input, Params, Settings, Stages},
+    telemetry::{SpanSink, outbox, outbox::DEFAULT_OUTBOX_CAPACITY},
 };
 use aios_model::Model;
 use aios_proto::v1::{self as pb, resource::Spec};
@@ -301,12 +302,28 @@ pub(crate) const NO_STAGES: Stages = Stages {
     policy: false,
     route: false,
     cache: false,
+    span: false,
 };
 
 pub(crate) fn settings(stages: Stages) -> Settings {
     Settings {
         stages,
         unauthenticated_tenant: Some(TENANT.into()),
+        spans: Some(span_sink()),
         ..Settings::default()
     }
+}
+
+/// Where the bench's spans go: an outbox that a thread of its own empties.
+/// The request path pays what a node's does (building the spans, handing
+/// them off); the reporter's batching and sending, off the request path and
+/// without a control plane here, are left out.
+fn span_sink() -> SpanSink {
+    let (outbox, mut spans) = outbox(DEFAULT_OUTBOX_CAPACITY);
+    std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() {
+            runtime.block_on(async { while spans.recv().await.is_some() {} });
+        }
+    });
+    SpanSink::new(outbox, "bench", "bench")
 }

@@ -54,7 +54,8 @@ pub(crate) async fn ladder(
         ("+ guardrails (in + out)", |s| s.guardrails = true),
         ("+ policy", |s| s.policy = true),
         ("+ route", |s| s.route = true),
-        ("+ cache (= all)", |s| s.cache = true),
+        ("+ cache", |s| s.cache = true),
+        ("+ span (= all)", |s| s.span = true),
     ] {
         set(&mut stages);
         rungs.push((name, settings(stages)));

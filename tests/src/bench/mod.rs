@@ -2,6 +2,8 @@
 //! recorded with, nearest-rank percentiles, unit conversions, and reading
 //! their options (a bad one exits with a usage error).
 
+pub mod plane;
+
 use std::time::Duration;
 
 use aios_runtime::cli::exit_config;

@@ -1,0 +1,263 @@
+//! The store watch that feeds this replica's rollups, recent-trace index and
+//! live subscribers with every stored batch, exactly once.
+//!
+//! Exactly once without remembering keys: the feed folds a batch record
+//! only if its `mod_revision` is above the highest revision already folded.
+//! The start-up listing folds what it saw at its first page's revision;
+//! the watch then delivers everything after, in order; a compaction resync
+//! folds only the records written while history was gone. Deletes (lease
+//! expiry) change nothing: rollups outlive the raw batches.
+
+use std::{sync::Arc, time::Duration};
+
+use aios_proto::v1 as pb;
+use futures::StreamExt;
+use prost::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::{Shared, ingest::unix_now};
+use crate::{
+    keys::{self, BatchKey},
+    store::{
+        EventKind, KeyValue, RangeRequest, Revision, SharedStore, StoreError,
+        watch::{Update, resyncing_watch},
+    },
+};
+
+/// Records read per page at start-up.
+const PAGE: usize = 256;
+/// Pause before watching again after the store failed.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Folds every batch record in the store; returns the revision folded up to.
+pub(crate) async fn load(store: &SharedStore, shared: &Shared) -> Result<Revision, StoreError> {
+    let mut request = RangeRequest {
+        prefix: keys::TELEMETRY_BATCHES.to_string(),
+        after: String::new(),
+        limit: PAGE,
+    };
+    let mut pinned = None;
+    loop {
+        let page = store.range(request.clone()).await?;
+        // Later pages may hold records newer than the first page's revision:
+        // the watch from that revision delivers those, so they wait for it.
+        let pinned = *pinned.get_or_insert(page.revision);
+        fold(
+            shared,
+            page.kvs.iter().filter(|kv| kv.mod_revision <= pinned),
+        );
+        match page.kvs.last() {
+            Some(last) if page.more => request.after.clone_from(&last.key),
+            _ => break,
+        }
+    }
+    let revision = pinned.unwrap_or_default();
+    shared.folded.send_replace(revision);
+    Ok(revision)
+}
+
+/// Follows the store from `folded` + 1 until `shutdown`. A failed watch is
+/// retried from the last revision folded, after a pause.
+pub(crate) async fn follow(
+    store: SharedStore,
+    shared: Arc<Shared>,
+    mut folded: Revision,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut updates = resyncing_watch(
+            store.clone(),
+            keys::TELEMETRY_BATCHES.to_string(),
+            folded + 1,
+        );
+        loop {
+            let update = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                update = updates.next() => update,
+            };
+            match update {
+                Some(Ok(update)) => apply(&shared, update, &mut folded),
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "telemetry watch failed; retrying");
+                    break;
+                }
+                None => break,
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+    }
+}
+
+/// Folds what `update` adds beyond `folded`, and moves `folded` on.
+fn apply(shared: &Shared, update: Update, folded: &mut Revision) {
+    let done = *folded;
+    match update {
+        Update::Events(events) => {
+            let puts = events
+                .iter()
+                .filter(|event| event.kind == EventKind::Put && event.kv.mod_revision > done)
+                .map(|event| &event.kv);
+            fold(shared, puts);
+            if let Some(last) = events.last() {
+                *folded = done.max(last.kv.mod_revision);
+            }
+        }
+        Update::Resync {
+            kvs,
+            revision,
+            compact_revision,
+        } => {
+            tracing::info!(
+                revision,
+                compact_revision,
+                "telemetry watch resynced after compaction; folding batches written meanwhile"
+            );
+            fold(shared, kvs.iter().filter(|kv| kv.mod_revision > done));
+            *folded = done.max(revision);
+        }
+    }
+    shared.folded.send_replace(*folded);
+}
+
+/// Decodes batch records, folds them into the rollups, indexes their traces
+/// and offers their spans to subscribers.
+fn fold<'a>(shared: &Shared, kvs: impl Iterator<Item = &'a KeyValue>) {
+    // Decoding is the costly part: done before any lock is taken.
+    let decoded: Vec<(BatchKey<'a>, pb::SpanBatch)> = kvs.filter_map(decode).collect();
+    if decoded.is_empty() {
+        return;
+    }
+    let now = unix_now() as i64;
+    {
+        let mut rollups = shared.rollups_mut();
+        for (key, batch) in &decoded {
+            rollups.fold(key.node, key.unix_minute, batch, now);
+        }
+    }
+    let batches: Vec<Arc<[pb::Span]>> = decoded
+        .into_iter()
+        .filter(|(_, batch)| !batch.spans.is_empty())
+        .map(|(_, batch)| batch.spans.into())
+        .collect();
+    {
+        let mut traces = shared.traces();
+        for batch in &batches {
+            traces.add(batch);
+        }
+    }
+    if shared.spans.receiver_count() > 0 {
+        for batch in batches {
+            // No receiver left is fine: subscribers come and go.
+            let _ = shared.spans.send(batch);
+        }
+    }
+}
+
+/// A batch record's key and batch; `None` (logged) for anything else.
+fn decode(kv: &KeyValue) -> Option<(BatchKey<'_>, pb::SpanBatch)> {
+    let Some(key) = keys::parse_telemetry_batch(&kv.key) else {
+        tracing::warn!(key = %kv.key, "unexpected key under the telemetry batches; ignored");
+        return None;
+    };
+    match pb::SpanBatch::decode(kv.value.as_slice()) {
+        Ok(batch) => Some((key, batch)),
+        Err(error) => {
+            tracing::error!(key = %kv.key, %error, "undecodable span batch in the store; not folded");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        keys::BatchKey,
+        store::Event,
+        telemetry::{Filter, Granularity, TelemetrySettings, TenantScope},
+    };
+
+    fn record(sequence: u64, revision: Revision) -> KeyValue {
+        let span = pb::Span {
+            tenant: "acme".into(),
+            operation: "invoke_agent".into(),
+            end_time_unix_nano: unix_now() * 1_000_000_000,
+            ..Default::default()
+        };
+        let key = BatchKey {
+            unix_minute: unix_now() / 60,
+            node: "n1",
+            incarnation: "i",
+            sequence,
+            part: None,
+        };
+        KeyValue {
+            key: key.key(),
+            value: pb::SpanBatch {
+                sequence,
+                spans: vec![span],
+                dropped_spans: 0,
+            }
+            .encode_to_vec(),
+            create_revision: revision,
+            mod_revision: revision,
+            version: 1,
+            lease: None,
+        }
+    }
+
+    fn requests(shared: &Shared) -> u64 {
+        let now = unix_now() as i64;
+        let hour = [(Granularity::Hour, Granularity::Hour.floor(now))];
+        let all = Filter::tenant(TenantScope::All);
+        shared.rollups().totals(&all, &hour).all.requests
+    }
+
+    #[test]
+    fn a_compaction_resync_folds_only_what_was_missed() {
+        let settings = TelemetrySettings::new(Duration::from_secs(3600));
+        let shared = Shared::new(&settings);
+        let mut folded = 0;
+        let put = |kv: KeyValue| Event {
+            kind: EventKind::Put,
+            kv,
+        };
+        apply(
+            &shared,
+            Update::Events(vec![put(record(1, 5))]),
+            &mut folded,
+        );
+        assert_eq!((folded, requests(&shared)), (5, 1));
+        // History from 6 on was compacted: the listing holds the record
+        // already folded, one written meanwhile, and none deleted since.
+        apply(
+            &shared,
+            Update::Resync {
+                kvs: vec![record(1, 5), record(2, 8)],
+                revision: 9,
+                compact_revision: 7,
+            },
+            &mut folded,
+        );
+        assert_eq!((folded, requests(&shared)), (9, 2));
+        // Expiry deletes change nothing; a redelivered put is not refolded.
+        let delete = Event {
+            kind: EventKind::Delete,
+            kv: KeyValue {
+                mod_revision: 10,
+                ..record(1, 0)
+            },
+        };
+        apply(&shared, Update::Events(vec![delete]), &mut folded);
+        apply(
+            &shared,
+            Update::Events(vec![put(record(2, 8))]),
+            &mut folded,
+        );
+        assert_eq!((folded, requests(&shared)), (10, 2));
+        assert_eq!(*shared.folded.borrow(), 10);
+    }
+}

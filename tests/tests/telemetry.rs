@@ -1,0 +1,325 @@
+//! Telemetry end to end: requests through two data-plane nodes reach the
+//! control plane's rollups (`GetSummary`) and a live `Subscribe` stream,
+//! with costs equal to the sum of the responses' costs; and across a
+//! control-plane restart, while the nodes keep serving, every span reaches
+//! the rollups exactly once.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::{sync::Arc, time::Duration};
+
+use aios_control_plane::Secret;
+use aios_data_plane::{
+    DataPlane,
+    fleet::ResourceKey,
+    pipeline::{RemoteProviders, Settings},
+};
+use aios_model::Kind;
+use aios_proto::v1::{
+    self as pb, admin_service_client::AdminServiceClient, agent_service_client::AgentServiceClient,
+    resource::Spec, telemetry_service_client::TelemetryServiceClient,
+};
+use aios_tests::{
+    admin::{ADMIN_KEY, TestPlane, agent, api_key, model, routing_table, tenant},
+    fake_provider::{FakeProvider, Reply},
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+type Admin = AdminServiceClient<aios_client::AuthChannel>;
+type Telemetry = TelemetryServiceClient<aios_client::AuthChannel>;
+
+/// Applies the tenant `acme`: models `a` (the fake provider) and `pricey`
+/// (the baseline), table `std`, agent `support`; returns the secrets of a
+/// caller key and a viewer key.
+async fn seed(plane: &TestPlane, fake: &FakeProvider) -> (String, String) {
+    let channel = aios_client::connect(&plane.url(), Some(ADMIN_KEY), WAIT)
+        .await
+        .unwrap();
+    let mut admin = AdminServiceClient::new(channel);
+    apply(&mut admin, tenant("acme")).await;
+    for (name, price) in [("a", 0.15), ("pricey", 2.5)] {
+        let mut m = model("acme", name);
+        if let Some(Spec::Model(spec)) = m.spec.as_mut() {
+            spec.provider = pb::ModelProvider::OpenaiCompatible as i32;
+            spec.provider_model = format!("{name}-v1");
+            spec.endpoint = format!("{}/v1", fake.url());
+            spec.api_key_env = String::new();
+            spec.input_price_usd_per_mtok = price;
+            spec.output_price_usd_per_mtok = price * 4.0;
+        }
+        apply(&mut admin, m).await;
+    }
+    let mut table = routing_table("acme", "std", "a");
+    if let Some(Spec::RoutingTable(spec)) = table.spec.as_mut() {
+        spec.baseline_model = "pricey".into();
+    }
+    apply(&mut admin, table).await;
+    apply(&mut admin, agent("acme", "support", "std")).await;
+    let caller = apply(&mut admin, api_key("acme", "caller", pb::Role::Caller))
+        .await
+        .api_key_secret;
+    let viewer = apply(&mut admin, api_key("acme", "viewer", pb::Role::Viewer))
+        .await
+        .api_key_secret;
+    (caller, viewer)
+}
+
+async fn apply(admin: &mut Admin, resource: pb::Resource) -> pb::ApplyResponse {
+    admin
+        .apply(pb::ApplyRequest {
+            resource: Some(resource),
+            dry_run: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// A node named `id` streaming config from (and reporting spans to) `plane_url`.
+async fn node(plane_url: &str, id: &str, dir: &std::path::Path) -> DataPlane {
+    let mut config =
+        aios_data_plane::Config::local(plane_url.parse().unwrap(), dir.join(id).to_path_buf());
+    config.node.node_id = id.into();
+    config.node_key = Some(Secret::new(ADMIN_KEY.into()).unwrap());
+    DataPlane::start_with(
+        &config,
+        Arc::new(RemoteProviders::new().unwrap()),
+        Settings::default(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn ready(node: &DataPlane) {
+    let mut changes = node.node_config().subscribe();
+    // The viewer key is applied last.
+    let last = ResourceKey::new(Kind::ApiKey, "acme", "viewer");
+    tokio::time::timeout(WAIT, changes.wait_for(|c| c.get(&last).is_some()))
+        .await
+        .expect("the node receives the config")
+        .unwrap();
+}
+
+/// Sends `count` requests to `node` and returns the sum of their costs.
+async fn ask(node: &DataPlane, key: &str, count: usize) -> f64 {
+    let channel = aios_client::connect(&format!("http://{}", node.grpc_addr()), Some(key), WAIT)
+        .await
+        .unwrap();
+    let mut agents = AgentServiceClient::new(channel);
+    let mut cost = 0.0;
+    for i in 0..count {
+        let response = agents
+            .execute(pb::ExecuteRequest {
+                agent: "support".into(),
+                input: Some(pb::execute_request::Input::Messages(pb::Messages {
+                    messages: vec![pb::Message {
+                        role: pb::MessageRole::User as i32,
+                        // Distinct texts: no cache hits.
+                        content: format!("What is {i} plus {i}?"),
+                        ..Default::default()
+                    }],
+                })),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            response.status,
+            pb::ExecutionStatus::Succeeded as i32,
+            "{response:?}"
+        );
+        cost += response.cost_usd;
+    }
+    cost
+}
+
+async fn telemetry(plane_url: &str, key: &str) -> Telemetry {
+    let channel = aios_client::connect(plane_url, Some(key), WAIT)
+        .await
+        .unwrap();
+    TelemetryServiceClient::new(channel)
+}
+
+async fn summary(client: &mut Telemetry) -> pb::Summary {
+    client
+        .get_summary(pb::GetSummaryRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .summary
+        .unwrap_or_default()
+}
+
+/// Polls the summary until it counts `requests`, and returns it.
+async fn summary_reaching(client: &mut Telemetry, requests: u64) -> pb::Summary {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = summary(client).await;
+        if s.requests >= requests || tokio::time::Instant::now() > deadline {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn assert_cost(seen: f64, sent: f64) {
+    assert!(sent > 0.0, "the fake provider's answers cost something");
+    assert!(
+        (seen - sent).abs() <= sent * 1e-9,
+        "the rollups hold ${seen}, the responses cost ${sent}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_through_two_nodes_reach_the_summary_and_a_subscriber_with_their_costs() {
+    let fake = FakeProvider::start().await.unwrap();
+    fake.reply(Reply::Text("Four.".into()));
+    let plane = TestPlane::embedded().await;
+    let (caller, viewer) = seed(&plane, &fake).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (east, west) = (
+        node(&plane.url(), "node-east", dir.path()).await,
+        node(&plane.url(), "node-west", dir.path()).await,
+    );
+    ready(&east).await;
+    ready(&west).await;
+
+    // A dashboard subscribes before the traffic starts.
+    let mut client = telemetry(&plane.url(), &viewer).await;
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            window: pb::RollupWindow::Second as i32,
+            include_spans: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    let sent = ask(&east, &caller, 12).await + ask(&west, &caller, 8).await;
+
+    let s = summary_reaching(&mut client, 20).await;
+    assert_eq!(s.requests, 20, "{s:?}");
+    assert_eq!(s.errors, 0);
+    assert_cost(s.cost_usd, sent);
+    assert!(s.input_tokens > 0 && s.output_tokens > 0, "{s:?}");
+    assert!(s.savings_usd > 0.0, "the baseline model costs more: {s:?}");
+    assert!(s.latency_p50.is_some() && s.latency_p99.is_some());
+    assert_eq!(s.per_agent.len(), 1);
+    assert_eq!(s.per_agent[0].agent, "support");
+    assert_eq!(s.per_agent[0].requests, 20);
+
+    // Each node's share, by filter.
+    let east_only = client
+        .get_summary(pb::GetSummaryRequest {
+            filter: Some(pb::SummaryFilter {
+                node: "node-east".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .summary
+        .unwrap();
+    assert_eq!(east_only.requests, 12);
+
+    // The subscriber sees the same requests in its per-second rollups, and
+    // the spans themselves, each of one trace with a request span.
+    let (mut requests, mut cost, mut spans) = (0, 0.0, Vec::new());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while requests < 20 && tokio::time::Instant::now() < deadline {
+        let Ok(Some(item)) = tokio::time::timeout(WAIT, stream.message()).await.unwrap() else {
+            break;
+        };
+        match item.event {
+            Some(pb::subscribe_response::Event::Rollup(r)) => {
+                requests += r.requests;
+                cost += r.cost_usd;
+            }
+            Some(pb::subscribe_response::Event::Span(span)) => spans.push(span),
+            _ => {}
+        }
+    }
+    assert_eq!(requests, 20);
+    assert_cost(cost, sent);
+    let roots: Vec<_> = spans
+        .iter()
+        .filter(|s| s.operation == "invoke_agent")
+        .collect();
+    assert_eq!(roots.len(), 20, "one request span per request");
+    assert!(spans.iter().all(|s| s.tenant == "acme"));
+
+    // A whole trace by id: the request span and its model call.
+    let root = roots[0];
+    let trace = client
+        .get_trace(pb::GetTraceRequest {
+            trace_id: hex(&root.trace_id),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(trace.spans.len() >= 2, "{trace:?}");
+    assert!(
+        trace
+            .spans
+            .iter()
+            .any(|s| s.operation == "chat" && s.parent_span_id == root.span_id)
+    );
+
+    east.shutdown(Duration::from_secs(5)).await;
+    west.shutdown(Duration::from_secs(5)).await;
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_control_plane_restart_loses_no_span_and_counts_none_twice() {
+    let fake = FakeProvider::start().await.unwrap();
+    fake.reply(Reply::Text("Four.".into()));
+    let store_dir = tempfile::tempdir().unwrap();
+    let plane = TestPlane::embedded_at(store_dir.path()).await;
+    let (addr, url) = (plane.addr(), plane.url());
+    let (caller, viewer) = seed(&plane, &fake).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (east, west) = (
+        node(&url, "node-east", dir.path()).await,
+        node(&url, "node-west", dir.path()).await,
+    );
+    ready(&east).await;
+    ready(&west).await;
+
+    let mut sent = ask(&east, &caller, 10).await + ask(&west, &caller, 10).await;
+    // The control plane goes away while the nodes keep serving.
+    plane.stop().await;
+    sent += ask(&east, &caller, 15).await + ask(&west, &caller, 5).await;
+
+    let plane = TestPlane::embedded_on(store_dir.path(), addr).await;
+    let mut client = telemetry(&url, &viewer).await;
+    let s = summary_reaching(&mut client, 40).await;
+    assert_eq!(s.requests, 40, "{s:?}");
+
+    // Once the nodes have flushed and stopped, nothing more arrives: had a
+    // replayed batch been counted again, the count would be over 40.
+    east.shutdown(Duration::from_secs(5)).await;
+    west.shutdown(Duration::from_secs(5)).await;
+    let s = summary(&mut client).await;
+    assert_eq!(s.requests, 40, "{s:?}");
+    assert_eq!(s.dropped_spans, 0);
+    assert_cost(s.cost_usd, sent);
+
+    // A second restart rebuilds the same rollups from the store.
+    plane.stop().await;
+    let plane = TestPlane::embedded_on(store_dir.path(), addr).await;
+    let mut client = telemetry(&url, &viewer).await;
+    let s = summary_reaching(&mut client, 40).await;
+    assert_eq!(s.requests, 40, "{s:?}");
+    assert_cost(s.cost_usd, sent);
+    plane.stop().await;
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
