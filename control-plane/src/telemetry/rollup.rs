@@ -10,10 +10,7 @@
 //! Spans stay wire types here: converting millions of them into domain
 //! structs only to read a few fields would cost more than the fold.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    hash::{BuildHasherDefault, Hasher},
-};
+use std::collections::{BTreeMap, HashMap};
 
 use aios_proto::v1 as pb;
 
@@ -21,61 +18,11 @@ use super::histogram::Histogram;
 
 // === Fast maps ===
 
-/// FxHash (rustc's hasher): one rotate, xor and multiply per word. Keys here
-/// are small ids and names from authenticated nodes, so flooding resistance
-/// buys nothing, and SipHash would cost more than the fold itself.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct FxHasher {
-    hash: u64,
-}
-
-impl FxHasher {
-    const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-    fn add(&mut self, word: u64) {
-        self.hash = (self.hash.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
-    }
-}
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word));
-        }
-    }
-
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.hash
-    }
-}
-
-/// A hash map with [`FxHasher`].
-pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+/// A hash map with foldhash: a few cycles per key where SipHash would cost
+/// more than the fold itself, with a proper final mix, so structured keys
+/// (sequential trace ids, ids differing only in their high bytes) still
+/// spread over the buckets. Keys come from authenticated nodes.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 // === Dimensions ===
 

@@ -152,16 +152,21 @@ impl PlaneProcess {
             .with_context(|| format!("no VmRSS in {path}"))
     }
 
-    /// CPU time it has used so far (user and system, all threads), from
-    /// the first field of /proc/PID/schedstat (nanoseconds on CPU).
+    /// CPU time it has used so far, user and system, of all its threads
+    /// (fields 14 and 15 of /proc/PID/stat, in USER_HZ ticks: 100 a second
+    /// on Linux, whatever the kernel's own tick).
     pub fn cpu_time(&self) -> Result<Duration> {
-        let path = format!("/proc/{}/schedstat", self.pid());
+        const USER_HZ: u64 = 100;
+        let path = format!("/proc/{}/stat", self.pid());
         let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-        stat.split_whitespace()
-            .next()
-            .and_then(|ns| ns.parse().ok())
-            .map(Duration::from_nanos)
-            .with_context(|| format!("no CPU time in {path}"))
+        // The command name (field 2) may hold spaces: count from after it.
+        let ticks: Option<u64> = stat.rsplit_once(')').and_then(|(_, rest)| {
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // `rest` starts at field 3, so fields 14 and 15 are at 11 and 12.
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        });
+        let ticks = ticks.with_context(|| format!("no CPU times in {path}"))?;
+        Ok(Duration::from_millis(ticks * 1000 / USER_HZ))
     }
 
     /// The last stderr lines, for an error message.
