@@ -22,17 +22,13 @@ pub fn secret_from(metadata: &MetadataMap) -> Option<&str> {
 
 /// `sha256:<64 hex>` of a secret, as stored in `ApiKeySpec.secret_hash`.
 ///
-/// On every authenticated request: the hex goes through a table, not
-/// `fmt` (which cost more than the hash itself).
+/// On every authenticated request: the hex goes through a table
+/// ([`crate::hex`]), not `fmt` (which cost more than the hash itself).
 pub fn hash_secret(secret: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(secret.as_bytes());
     let mut text = String::with_capacity(7 + 64);
     text.push_str("sha256:");
-    for byte in digest {
-        text.push(char::from(HEX[usize::from(byte >> 4)]));
-        text.push(char::from(HEX[usize::from(byte & 0x0f)]));
-    }
+    crate::hex::encode_into(&mut text, &digest);
     text
 }
 

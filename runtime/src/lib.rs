@@ -13,6 +13,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod hex;
 pub mod keys;
 pub mod logging;
 pub mod metrics;

@@ -19,6 +19,7 @@ use aios_proto::v1::{
     self as pb, admin_service_client::AdminServiceClient, agent_service_client::AgentServiceClient,
     resource::Spec, telemetry_service_client::TelemetryServiceClient,
 };
+use aios_runtime::hex;
 use aios_tests::{
     admin::{ADMIN_KEY, TestPlane, agent, api_key, model, routing_table, tenant},
     fake_provider::{FakeProvider, Reply},
@@ -257,7 +258,7 @@ async fn requests_through_two_nodes_reach_the_summary_and_a_subscriber_with_thei
     let root = roots[0];
     let trace = client
         .get_trace(pb::GetTraceRequest {
-            trace_id: hex(&root.trace_id),
+            trace_id: hex::encode(&root.trace_id),
         })
         .await
         .unwrap()
@@ -318,8 +319,4 @@ async fn a_control_plane_restart_loses_no_span_and_counts_none_twice() {
     assert_eq!(s.requests, 40, "{s:?}");
     assert_cost(s.cost_usd, sent);
     plane.stop().await;
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -21,7 +21,7 @@ use crate::{
 /// 16 random bytes as hex: object uids and event ids.
 pub fn random_id() -> String {
     let bytes: [u8; 16] = rand::rng().random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    aios_runtime::hex::encode(&bytes)
 }
 
 /// The store operation that records one change. A Tenant object's events

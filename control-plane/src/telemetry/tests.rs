@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use aios_runtime::hex;
 use futures::StreamExt;
 use prost::Message;
 use tonic::Code;
@@ -361,7 +362,7 @@ async fn summaries_and_traces_are_scoped_to_the_callers_tenant() {
     assert_eq!(s.requests, 3);
     assert!(s.window_start.unwrap().seconds < s.window_end.unwrap().seconds);
 
-    let trace = |id: u8| hex(&[id; 16]);
+    let trace = |id: u8| hex::encode(&[id; 16]);
     assert_eq!(
         f.telemetry
             .trace(&trace(1), acme.tenant.clone())
@@ -435,10 +436,6 @@ async fn next_event(
         .unwrap()
         .event
         .unwrap()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use aios_model::Usd;
+use aios_runtime::hex;
 
 use super::*;
 use crate::{
@@ -138,10 +139,6 @@ fn conversation(received: Instant) -> Outcome {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn attr<'a>(span: &'a pb::Span, key: &str) -> Option<&'a str> {
     span.attributes.get(key).map(String::as_str)
 }
@@ -163,12 +160,15 @@ fn the_request_span_is_the_edges_span_under_the_callers() {
     let outcome = conversation(received);
     let spans = execution_spans(&sink, &info, Ended::Outcome(&outcome, &[]), Instant::now());
     let request = &spans[0];
-    assert_eq!(hex(&request.trace_id), "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(
-        hex(&request.span_id),
+        hex::encode(&request.trace_id),
+        "0af7651916cd43dd8448eb211c80319c"
+    );
+    assert_eq!(
+        hex::encode(&request.span_id),
         format!("{:016x}", info.trace.span_id)
     );
-    assert_eq!(hex(&request.parent_span_id), "b7ad6b7169203331");
+    assert_eq!(hex::encode(&request.parent_span_id), "b7ad6b7169203331");
     assert_eq!(request.name, "invoke_agent support");
     assert_eq!(request.operation, "invoke_agent");
     assert_eq!(
@@ -197,7 +197,7 @@ fn the_request_span_is_the_edges_span_under_the_callers() {
         .find(|s| s.operation == "execute_tool")
         .unwrap();
     assert_eq!(
-        hex(&tool.span_id),
+        hex::encode(&tool.span_id),
         "000000000000abcd",
         "the id the tool saw"
     );
@@ -455,7 +455,7 @@ async fn spans_reach_the_outbox_and_embeddings_are_one_span() {
         (span.input_tokens, micros(span), span.model.as_str()),
         (42, 7, "minilm")
     );
-    assert_eq!(hex(&span.parent_span_id), "b7ad6b7169203331");
+    assert_eq!(hex::encode(&span.parent_span_id), "b7ad6b7169203331");
 
     let outcome = conversation(received);
     sink.execution(&info, Ended::Outcome(&outcome, &[]));
