@@ -43,7 +43,7 @@ pub use stage::Stages;
 
 use crate::{
     reliability::{BreakerConfig, Breakers, Reliability, RetryPolicy},
-    telemetry::{SpanLayer, SpanSink, TraceContext},
+    telemetry::{SpanSink, SpanStage, TraceContext},
 };
 
 /// Deadline of a request whose caller and agent set none.
@@ -122,7 +122,7 @@ impl Pipeline {
             authenticate: stage::StageLayer(Arc::new(authn::Authenticate)),
             span: spans
                 .clone()
-                .map(|sink| SpanLayer::new(sink, settings.unauthenticated_tenant.as_deref())),
+                .map(|sink| SpanStage::layer(sink, settings.unauthenticated_tenant.as_deref())),
             idempotency: stage::StageLayer(Arc::new(idempotency::Idempotency::default())),
             rate_limit: stage::StageLayer(rate_limiter.clone()),
             guardrails: stage::StageLayer(Arc::new(guard::InputGuard)),
@@ -139,10 +139,9 @@ impl Pipeline {
         // The semantic cache sits just around the agent loop (inside the
         // exact cache), where the node has local models to embed with.
         let semantic_layer = match (&settings.local, settings.stages.cache) {
-            (Some(local), true) => Some(semantic::SemanticLayer::new(
-                semantic.clone(),
-                local.clone(),
-            )),
+            (Some(local), true) => Some(stage::AroundLayer(Arc::new(
+                semantic::SemanticStage::new(semantic.clone(), local.clone()),
+            ))),
             _ => None,
         };
         let inner = tower::ServiceBuilder::new()

@@ -23,20 +23,18 @@
 use std::{
     collections::{HashMap, VecDeque},
     sync::{Arc, Mutex},
-    task::{Context, Poll},
     time::Duration,
 };
 
 use aios_inference::embed::cosine;
-use futures::future::BoxFuture;
 use tokio::time::Instant;
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::{
     cache::{KeyBuilder, cached},
     call::{Call, Input, Outcome, Status, StepKind},
     error::ExecError,
-    stage::Ran,
+    stage::{Around, Ran},
 };
 use crate::{
     backend::Role,
@@ -174,88 +172,57 @@ impl SemanticIndex {
     }
 }
 
-/// The semantic cache as a layer around the agent loop.
-#[derive(Clone, Debug)]
-pub struct SemanticLayer {
+/// The semantic cache, around the agent loop (made a layer by
+/// [`AroundLayer`](super::stage::AroundLayer)).
+#[derive(Debug)]
+pub struct SemanticStage {
     index: Arc<SemanticIndex>,
     local: Arc<LocalModels>,
 }
 
-impl SemanticLayer {
+impl SemanticStage {
     /// Answers from `index`, embedding with `local`'s models.
     pub fn new(index: Arc<SemanticIndex>, local: Arc<LocalModels>) -> Self {
         Self { index, local }
     }
 }
 
-impl<I> Layer<I> for SemanticLayer {
-    type Service = SemanticService<I>;
-
-    fn layer(&self, inner: I) -> Self::Service {
-        SemanticService {
-            layer: self.clone(),
-            inner,
+impl Around for SemanticStage {
+    async fn around<I>(self: Arc<Self>, call: Box<Call>, mut inner: I) -> Result<Ran, ExecError>
+    where
+        I: Service<Box<Call>, Response = Ran, Error = ExecError> + Send + 'static,
+        I::Future: Send + 'static,
+    {
+        let Some(lookup) = prepare(&self.local, &call).await else {
+            return inner.call(call).await;
+        };
+        let now = Instant::now();
+        if let Some((hit, similarity)) =
+            self.index
+                .lookup(&lookup.bucket, &lookup.vector, lookup.min, now)
+        {
+            metrics::counter!("aios_semantic_cache_lookups_total", "result" => "hit").increment(1);
+            metrics::counter!("aios_cache_saved_micro_usd_total")
+                .increment(hit.cost.micros().max(0) as u64);
+            tracing::debug!(similarity, "semantic cache hit");
+            let mut outcome = (*hit).clone();
+            outcome.cost = aios_model::Usd::ZERO;
+            return Ok(Ran { call, outcome });
         }
-    }
-}
-
-/// See [`SemanticLayer`].
-#[derive(Clone, Debug)]
-pub struct SemanticService<I> {
-    layer: SemanticLayer,
-    inner: I,
-}
-
-impl<I> Service<Box<Call>> for SemanticService<I>
-where
-    I: Service<Box<Call>, Response = Ran, Error = ExecError> + Clone + Send + 'static,
-    I::Future: Send + 'static,
-{
-    type Response = Ran;
-    type Error = ExecError;
-    type Future = BoxFuture<'static, Result<Ran, ExecError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ExecError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, call: Box<Call>) -> Self::Future {
-        let layer = self.layer.clone();
-        let mut inner = self.inner.clone();
-        Box::pin(async move {
-            let Some(lookup) = prepare(&layer.local, &call).await else {
-                return inner.call(call).await;
-            };
-            let now = Instant::now();
-            if let Some((hit, similarity)) =
-                layer
-                    .index
-                    .lookup(&lookup.bucket, &lookup.vector, lookup.min, now)
-            {
-                metrics::counter!("aios_semantic_cache_lookups_total", "result" => "hit")
-                    .increment(1);
-                metrics::counter!("aios_cache_saved_micro_usd_total")
-                    .increment(hit.cost.micros().max(0) as u64);
-                tracing::debug!(similarity, "semantic cache hit");
-                let mut outcome = (*hit).clone();
-                outcome.cost = aios_model::Usd::ZERO;
-                return Ok(Ran { call, outcome });
-            }
-            metrics::counter!("aios_semantic_cache_lookups_total", "result" => "miss").increment(1);
-            let ran = inner.call(call).await?;
-            let plain = ran.outcome.status == Status::Succeeded
-                && !ran.outcome.cache_hit
-                && ran.outcome.steps.iter().all(|s| s.kind == StepKind::Model);
-            if plain {
-                layer.index.insert(
-                    lookup.bucket,
-                    lookup.vector,
-                    Arc::new(cached(&ran.outcome)),
-                    Instant::now(),
-                );
-            }
-            Ok(ran)
-        })
+        metrics::counter!("aios_semantic_cache_lookups_total", "result" => "miss").increment(1);
+        let ran = inner.call(call).await?;
+        let plain = ran.outcome.status == Status::Succeeded
+            && !ran.outcome.cache_hit
+            && ran.outcome.steps.iter().all(|s| s.kind == StepKind::Model);
+        if plain {
+            self.index.insert(
+                lookup.bucket,
+                lookup.vector,
+                Arc::new(cached(&ran.outcome)),
+                Instant::now(),
+            );
+        }
+        Ok(ran)
     }
 }
 

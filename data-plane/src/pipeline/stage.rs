@@ -4,9 +4,12 @@
 //! end the request there with an outcome or an error), and at the outcome
 //! after they ran. [`StageLayer`] turns any stage into a tower layer, so
 //! the pipeline is an ordinary tower stack; [`stack`] is the only place
-//! that says which stages run, in which order.
+//! that says which stages run, in which order. A stage that must wrap the
+//! inner stages' whole run (await something first, or see their errors) is
+//! an [`Around`], made a layer by [`AroundLayer`].
 
 use std::{
+    future::Future,
     sync::Arc,
     task::{Context, Poll},
 };
@@ -121,6 +124,78 @@ where
     }
 }
 
+/// A stage around the inner stages' whole run: it may await before
+/// calling them (an embedding), skip them (a hit), and sees their errors
+/// as well as their outcomes (spans). [`Stage`] is the simpler shape; use
+/// this only when that one cannot do.
+pub trait Around: Send + Sync + 'static {
+    /// Runs `call` through `inner` (or not).
+    fn around<I>(
+        self: Arc<Self>,
+        call: Box<Call>,
+        inner: I,
+    ) -> impl Future<Output = Result<Ran, ExecError>> + Send + 'static
+    where
+        I: Service<Box<Call>, Response = Ran, Error = ExecError> + Send + 'static,
+        I::Future: Send + 'static;
+}
+
+/// Makes an [`Around`] a tower layer.
+#[derive(Debug)]
+pub struct AroundLayer<A>(pub Arc<A>);
+
+impl<A> Clone for AroundLayer<A> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<A: Around, I> Layer<I> for AroundLayer<A> {
+    type Service = AroundService<A, I>;
+
+    fn layer(&self, inner: I) -> Self::Service {
+        AroundService {
+            around: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// An [`Around`] around the inner services.
+#[derive(Debug)]
+pub struct AroundService<A, I> {
+    around: Arc<A>,
+    inner: I,
+}
+
+impl<A, I: Clone> Clone for AroundService<A, I> {
+    fn clone(&self) -> Self {
+        Self {
+            around: self.around.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<A, I> Service<Box<Call>> for AroundService<A, I>
+where
+    A: Around,
+    I: Service<Box<Call>, Response = Ran, Error = ExecError> + Clone + Send + 'static,
+    I::Future: Send + 'static,
+{
+    type Response = Ran;
+    type Error = ExecError;
+    type Future = BoxFuture<'static, Result<Ran, ExecError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ExecError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Box<Call>) -> Self::Future {
+        Box::pin(self.around.clone().around(call, self.inner.clone()))
+    }
+}
+
 /// Which stages run (all, in production; `bench-overhead` switches them
 /// off to measure what they cost).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,7 +235,7 @@ pub struct StageSet {
     /// Stage 1.
     pub authenticate: StageLayer<super::authn::Authenticate>,
     /// Stage 1a: the request's spans, once it ends (`None` = no sink).
-    pub span: Option<crate::telemetry::SpanLayer>,
+    pub span: Option<AroundLayer<crate::telemetry::SpanStage>>,
     /// Stage 1b: replays answered idempotency keys (no toggle: a no-op
     /// without a key).
     pub idempotency: StageLayer<super::idempotency::Idempotency>,

@@ -18,5 +18,5 @@ pub use span::{
     Clock, Ended, RequestInfo, SpanSink, backend_error_type, call_error_type, exec_error_type,
     tool_error_type,
 };
-pub use stage::SpanLayer;
+pub use stage::SpanStage;
 pub use trace::{TRACEPARENT, TraceContext, new_span_id};

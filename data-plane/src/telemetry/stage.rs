@@ -1,84 +1,56 @@
-//! The span stage: a tower layer just inside authentication that notes
-//! what the request span needs when a request arrives and hands its spans
-//! to the outbox when it ends, however it ends (an outcome or an error).
-//! It is not a [`crate::pipeline::stage::Stage`]: a stage never sees the
-//! errors of the stages inside it.
+//! The span stage, just inside authentication: it notes what the request
+//! span needs when a request arrives and hands its spans to the outbox when
+//! it ends, however it ends (an outcome or an error). It is an [`Around`],
+//! not a [`crate::pipeline::stage::Stage`]: a stage never sees the errors
+//! of the stages inside it.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
-use futures::future::BoxFuture;
-use tower::{Layer, Service};
+use tower::Service;
 
 use super::span::{Clock, Ended, RequestInfo, SpanSink};
-use crate::pipeline::{ExecError, Input, call::Call, stage::Ran};
+use crate::pipeline::{
+    ExecError, Input,
+    call::Call,
+    stage::{Around, AroundLayer, Ran},
+};
 
-/// Makes the span stage a tower layer.
-#[derive(Clone, Debug)]
-pub struct SpanLayer {
-    sink: Arc<SpanSink>,
+/// The span stage (made a layer by [`AroundLayer`]).
+#[derive(Debug)]
+pub struct SpanStage {
+    sink: SpanSink,
     /// Tenant of requests when authentication is switched off (benchmarks).
-    unauthenticated_tenant: Option<Arc<str>>,
+    unauthenticated_tenant: Option<Box<str>>,
 }
 
-impl SpanLayer {
+impl SpanStage {
     /// Spans into `sink`; requests without a caller count for
     /// `unauthenticated_tenant` (or get no span without one).
-    pub fn new(sink: SpanSink, unauthenticated_tenant: Option<&str>) -> Self {
-        Self {
-            sink: Arc::new(sink),
-            unauthenticated_tenant: unauthenticated_tenant.map(Arc::from),
-        }
+    pub fn layer(sink: SpanSink, unauthenticated_tenant: Option<&str>) -> AroundLayer<Self> {
+        AroundLayer(Arc::new(Self {
+            sink,
+            unauthenticated_tenant: unauthenticated_tenant.map(Box::from),
+        }))
     }
 }
 
-impl<I> Layer<I> for SpanLayer {
-    type Service = SpanService<I>;
-
-    fn layer(&self, inner: I) -> Self::Service {
-        SpanService {
-            layer: self.clone(),
-            inner,
-        }
-    }
-}
-
-/// The span stage around the inner services.
-#[derive(Clone, Debug)]
-pub struct SpanService<I> {
-    layer: SpanLayer,
-    inner: I,
-}
-
-impl<I> Service<Box<Call>> for SpanService<I>
-where
-    I: Service<Box<Call>, Response = Ran, Error = ExecError> + Clone + Send + 'static,
-    I::Future: Send + 'static,
-{
-    type Response = Ran;
-    type Error = ExecError;
-    type Future = BoxFuture<'static, Result<Ran, ExecError>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ExecError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, call: Box<Call>) -> Self::Future {
-        let info = request_info(&call, self.layer.unauthenticated_tenant.as_deref());
-        let sink = self.layer.sink.clone();
-        let mut inner = self.inner.clone();
-        Box::pin(async move {
-            let result = inner.call(call).await;
-            if let Some(info) = info {
-                match &result {
-                    Ok(ran) => sink.execution(&info, Ended::Outcome(&ran.outcome, &ran.call.flags)),
-                    Err(error) => sink.execution(&info, Ended::Error(error)),
-                }
+impl Around for SpanStage {
+    async fn around<I>(self: Arc<Self>, call: Box<Call>, mut inner: I) -> Result<Ran, ExecError>
+    where
+        I: Service<Box<Call>, Response = Ran, Error = ExecError> + Send + 'static,
+        I::Future: Send + 'static,
+    {
+        let info = request_info(&call, self.unauthenticated_tenant.as_deref());
+        let result = inner.call(call).await;
+        if let Some(info) = info {
+            match &result {
+                Ok(ran) => self
+                    .sink
+                    .execution(&info, Ended::Outcome(&ran.outcome, &ran.call.flags)),
+                Err(error) => self.sink.execution(&info, Ended::Error(error)),
             }
-            result
-        })
+        }
+        result
     }
 }
 
