@@ -10,12 +10,11 @@ use aios_proto::v1::{
     self as pb,
     fleet_service_server::{FleetService, FleetServiceServer},
 };
-use tokio::{net::TcpListener, sync::mpsc, task::JoinHandle};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio::{sync::mpsc, task::JoinHandle};
 use tonic::{Response, Status, Streaming};
 
 use super::*;
-use crate::upstream::API_KEY_HEADER;
+use crate::upstream::testing::{FakeCall, KEY, serve};
 use crate::{
     DataPlane,
     fleet::{
@@ -28,7 +27,6 @@ use crate::{
 const HANG: Duration = Duration::from_secs(10);
 /// Longer than any test: no heartbeats unless a test asks for them.
 const NEVER: Duration = Duration::from_secs(3600);
-const KEY: &str = "node-key-0123456789abcdefghijklmnopqrstuv";
 
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(HANG, future)
@@ -39,11 +37,7 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 // === Fake control plane ===
 
 /// One StreamConfig call, as the fake control plane received it.
-struct Call {
-    api_key: Option<String>,
-    from_node: Streaming<pb::NodeMessage>,
-    to_node: mpsc::Sender<Result<pb::ConfigMessage, Status>>,
-}
+type Call = FakeCall<pb::NodeMessage, pb::ConfigMessage>;
 
 impl Call {
     async fn next(&mut self) -> node_message::Msg {
@@ -85,32 +79,16 @@ impl FleetService for Fake {
         &self,
         request: tonic::Request<Streaming<pb::NodeMessage>>,
     ) -> Result<Response<tonic::codegen::BoxStream<pb::ConfigMessage>>, Status> {
-        let api_key = request
-            .metadata()
-            .get(API_KEY_HEADER)
-            .map(|v| v.to_str().unwrap().to_string());
-        let (to_node, pushes) = mpsc::channel(4);
-        let call = Call {
-            api_key,
-            from_node: request.into_inner(),
-            to_node,
-        };
-        self.calls.send(call).unwrap();
-        Ok(Response::new(Box::pin(ReceiverStream::new(pushes))))
+        Ok(Call::accept(request, &self.calls, 4))
     }
 }
 
 /// A fake control plane: its URL and the calls it receives.
 async fn fake_control_plane() -> (ControlPlaneUrl, mpsc::UnboundedReceiver<Call>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let (calls, received) = mpsc::unbounded_channel();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(FleetServiceServer::new(Fake { calls }))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    (url.parse().unwrap(), received)
+    let router =
+        tonic::transport::Server::builder().add_service(FleetServiceServer::new(Fake { calls }));
+    (serve(router).await, received)
 }
 
 /// A URL where nothing listens (a port that was free a moment ago).

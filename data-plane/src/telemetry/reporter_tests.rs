@@ -9,16 +9,13 @@ use aios_proto::v1::{
     report_request,
     telemetry_service_server::{TelemetryService, TelemetryServiceServer},
 };
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Response;
 
 use super::*;
-use crate::upstream::API_KEY_HEADER;
+use crate::upstream::testing::{FakeCall, KEY, serve};
 
 /// Guards against a hang only; no test depends on how fast anything is.
 const HANG: Duration = Duration::from_secs(20);
-const KEY: &str = "node-key-0123456789abcdefghijklmnopqrstuv";
 
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     tokio::time::timeout(HANG, future)
@@ -29,11 +26,7 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 // === Fake control plane ===
 
 /// One Report call, as the fake control plane received it.
-struct Call {
-    api_key: Option<String>,
-    from_node: Streaming<pb::ReportRequest>,
-    to_node: mpsc::Sender<Result<pb::ReportResponse, Status>>,
-}
+type Call = FakeCall<pb::ReportRequest, pb::ReportResponse>;
 
 impl Call {
     async fn next(&mut self) -> report_request::Msg {
@@ -73,19 +66,7 @@ impl TelemetryService for Fake {
         &self,
         request: Request<Streaming<pb::ReportRequest>>,
     ) -> Result<Response<tonic::codegen::BoxStream<pb::ReportResponse>>, Status> {
-        let api_key = request
-            .metadata()
-            .get(API_KEY_HEADER)
-            .map(|v| v.to_str().unwrap().to_string());
-        let (to_node, responses) = mpsc::channel(16);
-        self.calls
-            .send(Call {
-                api_key,
-                from_node: request.into_inner(),
-                to_node,
-            })
-            .unwrap();
-        Ok(Response::new(Box::pin(ReceiverStream::new(responses))))
+        Ok(Call::accept(request, &self.calls, 16))
     }
 
     async fn subscribe(
@@ -111,15 +92,10 @@ impl TelemetryService for Fake {
 }
 
 async fn fake_control_plane() -> (ControlPlaneUrl, mpsc::UnboundedReceiver<Call>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let (calls, received) = mpsc::unbounded_channel();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TelemetryServiceServer::new(Fake { calls }))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    (url.parse().unwrap(), received)
+    let router = tonic::transport::Server::builder()
+        .add_service(TelemetryServiceServer::new(Fake { calls }));
+    (serve(router).await, received)
 }
 
 // === The node side ===
