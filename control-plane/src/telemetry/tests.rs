@@ -268,6 +268,19 @@ async fn an_oversized_batch_is_split_into_parts_in_one_transaction() {
     f.shutdown.cancel();
 }
 
+/// The fields an INVALID_ARGUMENT error names, in order.
+fn invalid_fields(error: TelemetryError) -> Vec<String> {
+    let status = Status::from(error);
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
 #[tokio::test]
 async fn batches_and_hellos_are_checked_field_by_field() {
     let f = fixture(settings()).await;
@@ -279,16 +292,7 @@ async fn batches_and_hellos_are_checked_field_by_field() {
         .take(&node, Acked::default(), too_many)
         .await
         .unwrap_err();
-    let status = Status::from(error);
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let fields: Vec<String> = status
-        .get_details_bad_request()
-        .unwrap()
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
-    assert_eq!(fields, ["batch.spans"]);
+    assert_eq!(invalid_fields(error), ["batch.spans"]);
     assert!(batch_keys(&f.store).await.is_empty());
 
     let error = Hello::try_from(pb::ReportHello {
@@ -297,16 +301,7 @@ async fn batches_and_hellos_are_checked_field_by_field() {
         incarnation: "a/b".into(),
     })
     .unwrap_err();
-    let status = Status::from(error);
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let fields: Vec<String> = status
-        .get_details_bad_request()
-        .unwrap()
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
-    assert_eq!(fields, ["hello.region", "hello.incarnation"]);
+    assert_eq!(invalid_fields(error), ["hello.region", "hello.incarnation"]);
     f.shutdown.cancel();
 }
 
