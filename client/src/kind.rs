@@ -7,7 +7,7 @@
 use aios_proto::v1::{Kind, Resource, resource::Spec};
 
 /// Every concrete kind, in the contract's order.
-pub const KINDS: [Kind; 8] = [
+pub const KINDS: [Kind; 9] = [
     Kind::Tenant,
     Kind::ApiKey,
     Kind::Budget,
@@ -16,12 +16,13 @@ pub const KINDS: [Kind; 8] = [
     Kind::RoutingTable,
     Kind::Agent,
     Kind::Tool,
+    Kind::AlertRule,
 ];
 
 /// A kind name that matches no kind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown kind '{0}': expected one of tenant, apikey, budget, policy, model, routingtable, agent, tool"
+    "unknown kind '{0}': expected one of tenant, apikey, budget, policy, model, routingtable, agent, tool, alertrule"
 )]
 pub struct UnknownKind(pub String);
 
@@ -39,6 +40,8 @@ pub fn parse_kind(text: &str) -> Result<Kind, UnknownKind> {
         | "routing_tables" => Kind::RoutingTable,
         "agent" | "agents" => Kind::Agent,
         "tool" | "tools" => Kind::Tool,
+        "alertrule" | "alertrules" | "alert-rule" | "alert-rules" | "alert_rule"
+        | "alert_rules" => Kind::AlertRule,
         _ => return Err(UnknownKind(text.to_string())),
     };
     Ok(kind)
@@ -67,6 +70,7 @@ pub fn kind_name(kind: Kind) -> &'static str {
         Kind::RoutingTable => "routingtable",
         Kind::Agent => "agent",
         Kind::Tool => "tool",
+        Kind::AlertRule => "alertrule",
     }
 }
 
@@ -82,6 +86,7 @@ pub fn kind_of(resource: &Resource) -> Kind {
         Some(Spec::RoutingTable(_)) => Kind::RoutingTable,
         Some(Spec::Agent(_)) => Kind::Agent,
         Some(Spec::Tool(_)) => Kind::Tool,
+        Some(Spec::AlertRule(_)) => Kind::AlertRule,
     }
 }
 
@@ -115,6 +120,8 @@ mod tests {
             ("routing_table", Kind::RoutingTable),
             ("agents", Kind::Agent),
             ("tool", Kind::Tool),
+            ("alert-rules", Kind::AlertRule),
+            ("AlertRule", Kind::AlertRule),
         ];
         for (text, kind) in cases {
             assert_eq!(parse_kind(text), Ok(kind), "{text}");

@@ -382,12 +382,16 @@ impl TelemetryService for TelemetryApi {
         let request = request.into_inner();
         let filter = telemetry::filter(&who, request.filter).map_err(TelemetryError::from)?;
         let granularity = telemetry::granularity(request.window)?;
-        // `include_alerts` asks for nothing yet: no alert rules are evaluated.
-        Ok(Response::new(self.telemetry.subscribe(
-            filter,
-            granularity,
-            request.include_spans,
-        )))
+        Ok(Response::new(
+            self.telemetry.subscribe(
+                filter,
+                granularity,
+                request.include_spans,
+                request
+                    .include_alerts
+                    .then(|| telemetry::AlertAudience::of(&who)),
+            ),
+        ))
     }
 
     async fn get_summary(

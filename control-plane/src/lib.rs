@@ -81,6 +81,7 @@ impl ControlPlane {
         .await
         .map_err(|e| store_error(&config.store, e))?;
         background_tasks.push(telemetry_task);
+        background_tasks.push(telemetry.evaluate_alerts(fleet.cache().subscribe()));
         // Checked before serving starts, so the "serving" log line and the
         // first health answer already reflect the store.
         let store_ok = store_answers(&store).await;

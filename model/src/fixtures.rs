@@ -27,6 +27,7 @@ into_spec! {
     pb::RoutingTableSpec => RoutingTable,
     pb::AgentSpec => Agent,
     pb::ToolSpec => Tool,
+    pb::AlertRuleSpec => AlertRule,
 }
 
 /// A resource around `spec`: tenant `acme` (none for Tenant specs), a name
@@ -42,6 +43,7 @@ pub(crate) fn resource(spec: impl IntoSpec) -> pb::Resource {
         S::RoutingTable(_) => ("acme", "standard"),
         S::Agent(_) => ("acme", "support"),
         S::Tool(_) => ("acme", "payments.refund"),
+        S::AlertRule(_) => ("acme", "errors-high"),
     };
     pb::Resource {
         metadata: Some(pb::ObjectMeta {
@@ -241,5 +243,19 @@ pub(crate) fn tool_spec() -> pb::ToolSpec {
         parameters_json_schema: r#"{"type":"object","properties":{"id":{"type":"string"}}}"#.into(),
         timeout: dur(10),
         remote_name: String::new(),
+    }
+}
+
+pub(crate) fn alert_rule_spec() -> pb::AlertRuleSpec {
+    pb::AlertRuleSpec {
+        metric: pb::AlertMetric::ErrorRate as i32,
+        threshold: 0.05,
+        window: dur(300),
+        hold: dur(60),
+        severity: pb::AlertSeverity::Critical as i32,
+        min_requests: 20,
+        agent: "support".into(),
+        description: "More than 5% of support requests fail".into(),
+        ..Default::default()
     }
 }

@@ -27,11 +27,13 @@ pub enum Kind {
     Agent,
     /// A tool served by a ToolService.
     Tool,
+    /// A condition on the live rollups; evaluated by the control plane.
+    AlertRule,
 }
 
 impl Kind {
     /// Every kind, in proto order.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Tenant,
         Kind::ApiKey,
         Kind::Budget,
@@ -40,6 +42,7 @@ impl Kind {
         Kind::RoutingTable,
         Kind::Agent,
         Kind::Tool,
+        Kind::AlertRule,
     ];
 
     /// The snake_case name used in storage keys and as the `Resource.spec`
@@ -54,6 +57,7 @@ impl Kind {
             Kind::RoutingTable => "routing_table",
             Kind::Agent => "agent",
             Kind::Tool => "tool",
+            Kind::AlertRule => "alert_rule",
         }
     }
 
@@ -68,6 +72,7 @@ impl Kind {
             Kind::RoutingTable => "RoutingTable",
             Kind::Agent => "Agent",
             Kind::Tool => "Tool",
+            Kind::AlertRule => "AlertRule",
         }
     }
 
@@ -82,6 +87,7 @@ impl Kind {
             Kind::RoutingTable => "routingtables",
             Kind::Agent => "agents",
             Kind::Tool => "tools",
+            Kind::AlertRule => "alertrules",
         }
     }
 
@@ -96,6 +102,7 @@ impl Kind {
             Kind::RoutingTable => pb::Kind::RoutingTable,
             Kind::Agent => pb::Kind::Agent,
             Kind::Tool => pb::Kind::Tool,
+            Kind::AlertRule => pb::Kind::AlertRule,
         }
     }
 
@@ -112,6 +119,7 @@ impl Kind {
             pb::Kind::RoutingTable => Some(Kind::RoutingTable),
             pb::Kind::Agent => Some(Kind::Agent),
             pb::Kind::Tool => Some(Kind::Tool),
+            pb::Kind::AlertRule => Some(Kind::AlertRule),
         }
     }
 
@@ -119,6 +127,12 @@ impl Kind {
     /// themselves do not.
     pub fn is_tenant_scoped(self) -> bool {
         !matches!(self, Kind::Tenant)
+    }
+
+    /// Whether nodes receive resources of this kind. Alert rules are the
+    /// control plane's own: no node acts on them.
+    pub fn reaches_nodes(self) -> bool {
+        !matches!(self, Kind::AlertRule)
     }
 }
 
@@ -140,6 +154,7 @@ pub fn kind_of(resource: &pb::Resource) -> Option<Kind> {
         Spec::RoutingTable(_) => Kind::RoutingTable,
         Spec::Agent(_) => Kind::Agent,
         Spec::Tool(_) => Kind::Tool,
+        Spec::AlertRule(_) => Kind::AlertRule,
     })
 }
 
@@ -276,7 +291,8 @@ mod tests {
                 "model",
                 "routing_table",
                 "agent",
-                "tool"
+                "tool",
+                "alert_rule"
             ]
         );
     }

@@ -40,11 +40,13 @@ pub use kind::{Kind, ParseKindError, kind_of};
 pub use meta::Placement;
 pub use names::{MAX_NAME_LEN, validate_name};
 pub use spec::{
-    ActionCriticality, ActionRule, Agent, ApiKey, ApprovalPolicy, Budget, BudgetScope,
-    BudgetScopeKind, BudgetWindow, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_STEPS,
+    ActionCriticality, ActionRule, Agent, AlertComparison, AlertMetric, AlertRule, AlertSeverity,
+    ApiKey, ApprovalPolicy, Budget, BudgetScope, BudgetScopeKind, BudgetWindow,
+    DEFAULT_ALERT_WINDOW, DEFAULT_APPROVAL_TIMEOUT, DEFAULT_DEADLINE, DEFAULT_MAX_STEPS,
     DEFAULT_MODEL_TIMEOUT, DEFAULT_TOOL_TIMEOUT, GuardrailAction, InputGuardrails,
-    MAX_APPROVAL_TIMEOUT, Model, ModelProvider, OnExceed, OnTimeout, OutputGuardrails, PiiKind,
-    Policy, RateLimit, RouteTier, RoutingTable, Spec, Tenant, Tool, WeightedTarget,
+    MAX_ALERT_WINDOW, MAX_APPROVAL_TIMEOUT, Model, ModelProvider, OnExceed, OnTimeout,
+    OutputGuardrails, PiiKind, Policy, RateLimit, RouteTier, RoutingTable, Spec, Tenant, Threshold,
+    Tool, WeightedTarget,
 };
 pub use usd::{MICROS_PER_USD, Usd, UsdError};
 pub use violation::{FieldViolation, Invalid};

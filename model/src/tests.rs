@@ -17,6 +17,7 @@ fn a_valid_example_of_every_kind_passes() {
         resource(routing_table_spec()),
         resource(agent_spec()),
         resource(tool_spec()),
+        resource(alert_rule_spec()),
     ];
     let mut kinds = Vec::new();
     for r in &examples {

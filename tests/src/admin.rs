@@ -179,3 +179,20 @@ pub fn routing_table(tenant: &str, name: &str, model: &str) -> pb::Resource {
         })),
     }
 }
+
+/// An AlertRule on `metric` above (below, for the cache hit rate) `threshold`.
+pub fn alert_rule(
+    tenant: &str,
+    name: &str,
+    metric: pb::AlertMetric,
+    threshold: f64,
+) -> pb::Resource {
+    pb::Resource {
+        metadata: meta(tenant, name),
+        spec: Some(Spec::AlertRule(pb::AlertRuleSpec {
+            metric: metric as i32,
+            threshold,
+            ..Default::default()
+        })),
+    }
+}

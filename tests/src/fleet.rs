@@ -48,26 +48,10 @@ pub fn version_of(resource: &pb::Resource) -> i64 {
 pub fn reference_of(resource: &pb::Resource) -> pb::ResourceRef {
     let meta = resource.metadata.clone().unwrap_or_default();
     pb::ResourceRef {
-        kind: kind_of(resource),
+        kind: aios_client::kind::kind_of(resource) as i32,
         tenant: meta.tenant,
         name: meta.name,
     }
-}
-
-fn kind_of(resource: &pb::Resource) -> i32 {
-    use pb::resource::Spec;
-    let kind = match &resource.spec {
-        Some(Spec::Tenant(_)) => pb::Kind::Tenant,
-        Some(Spec::ApiKey(_)) => pb::Kind::ApiKey,
-        Some(Spec::Budget(_)) => pb::Kind::Budget,
-        Some(Spec::Policy(_)) => pb::Kind::Policy,
-        Some(Spec::Model(_)) => pb::Kind::Model,
-        Some(Spec::RoutingTable(_)) => pb::Kind::RoutingTable,
-        Some(Spec::Agent(_)) => pb::Kind::Agent,
-        Some(Spec::Tool(_)) => pb::Kind::Tool,
-        None => pb::Kind::Unspecified,
-    };
-    kind as i32
 }
 
 impl SimNode {

@@ -133,7 +133,7 @@ fn the_examples_apply_all_or_nothing_through_aiosctl_and_are_idempotent() {
 
     let (code, out) = ctl(&["apply", "-f", examples]);
     assert_eq!(code, Some(0), "{out}");
-    assert_eq!(out.matches(" created").count(), 21, "{out}");
+    assert_eq!(out.matches(" created").count(), 26, "{out}");
     assert_eq!(
         out.matches("secret (shown once)").count(),
         6,
@@ -141,7 +141,7 @@ fn the_examples_apply_all_or_nothing_through_aiosctl_and_are_idempotent() {
     );
     let (code, out) = ctl(&["apply", "-f", examples]);
     assert_eq!(code, Some(0), "{out}");
-    assert_eq!(out.matches(" unchanged").count(), 21, "{out}");
+    assert_eq!(out.matches(" unchanged").count(), 26, "{out}");
     let (code, out) = ctl(&["diff", "-f", examples]);
     assert_eq!(code, Some(0), "nothing to change: {out}");
 

@@ -1,8 +1,9 @@
 //! Telemetry end to end: requests through two data-plane nodes reach the
 //! control plane's rollups (`GetSummary`) and a live `Subscribe` stream,
-//! with costs equal to the sum of the responses' costs; and across a
+//! with costs equal to the sum of the responses' costs; across a
 //! control-plane restart, while the nodes keep serving, every span reaches
-//! the rollups exactly once.
+//! the rollups exactly once; and alert rules applied as config fire and
+//! resolve on a subscription, changed without a restart.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
@@ -21,9 +22,10 @@ use aios_proto::v1::{
 };
 use aios_runtime::hex;
 use aios_tests::{
-    admin::{ADMIN_KEY, TestPlane, agent, api_key, model, routing_table, tenant},
+    admin::{ADMIN_KEY, TestPlane, agent, alert_rule, api_key, model, routing_table, tenant},
     fake_provider::{FakeProvider, Reply},
 };
+use tonic_types::StatusExt;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -104,11 +106,30 @@ async fn ready(node: &DataPlane) {
 
 /// Sends `count` requests to `node` and returns the sum of their costs.
 async fn ask(node: &DataPlane, key: &str, count: usize) -> f64 {
+    let mut cost = 0.0;
+    for response in send(node, key, count).await {
+        let response = response.unwrap();
+        assert_eq!(
+            response.status,
+            pb::ExecutionStatus::Succeeded as i32,
+            "{response:?}"
+        );
+        cost += response.cost_usd;
+    }
+    cost
+}
+
+/// Sends `count` requests to `node`, with distinct texts (no cache hits).
+async fn send(
+    node: &DataPlane,
+    key: &str,
+    count: usize,
+) -> Vec<Result<pb::ExecuteResponse, tonic::Status>> {
     let channel = aios_client::connect(&format!("http://{}", node.grpc_addr()), Some(key), WAIT)
         .await
         .unwrap();
     let mut agents = AgentServiceClient::new(channel);
-    let mut cost = 0.0;
+    let mut out = Vec::with_capacity(count);
     for i in 0..count {
         let response = agents
             .execute(pb::ExecuteRequest {
@@ -124,16 +145,10 @@ async fn ask(node: &DataPlane, key: &str, count: usize) -> f64 {
                 ..Default::default()
             })
             .await
-            .unwrap()
-            .into_inner();
-        assert_eq!(
-            response.status,
-            pb::ExecutionStatus::Succeeded as i32,
-            "{response:?}"
-        );
-        cost += response.cost_usd;
+            .map(tonic::Response::into_inner);
+        out.push(response);
     }
-    cost
+    out
 }
 
 async fn telemetry(plane_url: &str, key: &str) -> Telemetry {
@@ -318,5 +333,140 @@ async fn a_control_plane_restart_loses_no_span_and_counts_none_twice() {
     let s = summary_reaching(&mut client, 40).await;
     assert_eq!(s.requests, 40, "{s:?}");
     assert_cost(s.cost_usd, sent);
+    plane.stop().await;
+}
+
+/// The next alert event on `stream`, skipping rollups and spans.
+async fn next_alert(stream: &mut tonic::Streaming<pb::SubscribeResponse>) -> pb::AlertEvent {
+    loop {
+        let item = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("an alert event in time")
+            .unwrap()
+            .expect("the stream stays open");
+        if let Some(pb::subscribe_response::Event::Alert(event)) = item.event {
+            return event;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alert_rules_from_config_fire_and_resolve_on_a_subscription_without_a_restart() {
+    let fake = FakeProvider::start().await.unwrap();
+    fake.reply(Reply::Text("Four.".into()));
+    let plane = TestPlane::embedded().await;
+    let (caller, viewer) = seed(&plane, &fake).await;
+    let dir = tempfile::tempdir().unwrap();
+    let east = node(&plane.url(), "node-east", dir.path()).await;
+    ready(&east).await;
+    let channel = aios_client::connect(&plane.url(), Some(ADMIN_KEY), WAIT)
+        .await
+        .unwrap();
+    let mut admin = AdminServiceClient::new(channel);
+
+    // A bad rule is refused field by field.
+    let mut bad = alert_rule("acme", "errors", pb::AlertMetric::ErrorRate, 5.0);
+    if let Some(Spec::AlertRule(spec)) = bad.spec.as_mut() {
+        spec.window = Some(prost_types::Duration {
+            seconds: 7200,
+            nanos: 0,
+        });
+    }
+    let status = admin
+        .apply(pb::ApplyRequest {
+            resource: Some(bad),
+            dry_run: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let fields: Vec<String> = status
+        .get_details_bad_request()
+        .unwrap()
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    assert!(
+        fields.iter().any(|f| f.ends_with("alert_rule.threshold"))
+            && fields.iter().any(|f| f.ends_with("alert_rule.window")),
+        "{fields:?}"
+    );
+
+    // More than 5% of requests failing over the last 5 minutes, once at
+    // least 3 were seen.
+    let rule = |threshold: f64| {
+        let mut rule = alert_rule("acme", "errors", pb::AlertMetric::ErrorRate, threshold);
+        if let Some(Spec::AlertRule(spec)) = rule.spec.as_mut() {
+            spec.window = Some(prost_types::Duration {
+                seconds: 300,
+                nanos: 0,
+            });
+            spec.min_requests = 3;
+            spec.severity = pb::AlertSeverity::Critical as i32;
+        }
+        rule
+    };
+    apply(&mut admin, rule(0.05)).await;
+    let mut client = telemetry(&plane.url(), &viewer).await;
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            include_alerts: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    fake.set_failure_rate(1.0, 7);
+    let failed = send(&east, &caller, 4).await;
+    assert!(
+        failed.iter().all(|r| r
+            .as_ref()
+            .map_or(true, |r| r.status != pb::ExecutionStatus::Succeeded as i32)),
+        "{failed:?}"
+    );
+    let firing = next_alert(&mut stream).await;
+    assert_eq!(firing.rule, "errors");
+    assert_eq!(firing.state(), pb::AlertState::Firing);
+    assert_eq!(firing.severity(), pb::AlertSeverity::Critical);
+    assert_eq!(firing.metric(), pb::AlertMetric::ErrorRate);
+    assert_eq!((firing.value, firing.threshold), (1.0, 0.05));
+    assert!(firing.requests >= 3, "{firing:?}");
+    assert_eq!(firing.scope.as_ref().unwrap().tenant, "acme");
+
+    // A subscriber arriving now hears what is firing first.
+    let mut late = client
+        .subscribe(pb::SubscribeRequest {
+            include_alerts: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_alert(&mut late).await, firing);
+
+    // The rule changes with an Apply, no restart: at 100% it no longer
+    // holds, and the alert resolves at the next evaluation.
+    apply(&mut admin, rule(1.0)).await;
+    let resolved = next_alert(&mut stream).await;
+    assert_eq!(
+        (resolved.rule.as_str(), resolved.state()),
+        ("errors", pb::AlertState::Resolved),
+        "{resolved:?}"
+    );
+
+    // Alert rules are the control plane's: the node never receives one.
+    apply(&mut admin, api_key("acme", "later", pb::Role::Viewer)).await;
+    let mut changes = east.node_config().subscribe();
+    let later = ResourceKey::new(Kind::ApiKey, "acme", "later");
+    tokio::time::timeout(WAIT, changes.wait_for(|c| c.get(&later).is_some()))
+        .await
+        .unwrap()
+        .unwrap();
+    let rule_key = ResourceKey::new(Kind::AlertRule, "acme", "errors");
+    assert!(east.node_config().current().get(&rule_key).is_none());
+
+    east.shutdown(Duration::from_secs(5)).await;
     plane.stop().await;
 }

@@ -231,7 +231,7 @@ fn an_unknown_kind_key_lists_the_kinds() {
     assert_eq!(
         error("a.yaml", text),
         "a.yaml: document 1, line 3, column 1: unknown field `agnet`, expected one of \
-         `metadata`, `tenant`, `apiKey`, `budget`, `policy`, `model`, `routingTable`, `agent`, `tool`"
+         `metadata`, `tenant`, `apiKey`, `budget`, `policy`, `model`, `routingTable`, `agent`, `tool`, `alertRule`"
     );
 }
 
@@ -241,7 +241,7 @@ fn spec_and_name_are_required_and_single() {
     assert_eq!(
         error("a.yaml", text),
         "a.yaml: document 1, line 1, column 1: no spec: a resource needs exactly one of \
-         `tenant`, `apiKey`, `budget`, `policy`, `model`, `routingTable`, `agent`, `tool`"
+         `tenant`, `apiKey`, `budget`, `policy`, `model`, `routingTable`, `agent`, `tool`, `alertRule`"
     );
     let text = "---\nmetadata: {name: a}\nagent: {}\n---\n\nmetadata: {labels: {a: b}}\ntool: {}\n";
     assert_eq!(

@@ -361,6 +361,7 @@ fn empty_spec(kind: Kind) -> Spec {
         Kind::RoutingTable => Spec::RoutingTable(Default::default()),
         Kind::Agent => Spec::Agent(Default::default()),
         Kind::Tool => Spec::Tool(Default::default()),
+        Kind::AlertRule => Spec::AlertRule(Default::default()),
     }
 }
 

@@ -3,10 +3,11 @@
 //! on its own. `stream.rs` drives it with a gRPC stream and the cache.
 //!
 //! Rules (see ARCHITECTURE.md, "Config distribution"):
-//! - The node's view is every cached object whose placement includes the
-//!   node's region and labels. A push carries the difference between that
-//!   view and what the node holds: changed objects, and removals of objects
-//!   that left the view (deleted, or re-scoped away).
+//! - The node's view is every cached object of a kind nodes receive (all
+//!   but alert rules) whose placement includes the node's region and labels.
+//!   A push carries the difference between that view and what the node
+//!   holds: changed objects, and removals of objects that left the view
+//!   (deleted, or re-scoped away).
 //! - At most one push is outstanding. The next waits for the ACK while the
 //!   latest-value snapshot channel coalesces changes, so a slow node gets one
 //!   up-to-date push instead of a backlog, and an ACK always answers exactly
@@ -103,7 +104,10 @@ impl Session {
         let view: BTreeMap<&String, _> = snapshot
             .objects
             .iter()
-            .filter(|(_, o)| o.placement.includes(&self.scope.region, &self.scope.labels))
+            .filter(|(_, o)| {
+                o.kind.reaches_nodes()
+                    && o.placement.includes(&self.scope.region, &self.scope.labels)
+            })
             .collect();
         let mut updates = Vec::new();
         let mut pushed = BTreeMap::new();

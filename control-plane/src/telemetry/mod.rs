@@ -9,7 +9,9 @@
 //! - [`rollup`] and [`histogram`]: cells per dimensions and window.
 //! - [`traces`]: the bounded index of recent traces.
 //! - [`query`]: `GetSummary`, `GetTrace`, `Subscribe`.
+//! - [`alerts`]: alert rules evaluated over the rollups each second.
 
+pub mod alerts;
 mod error;
 mod feed;
 pub mod histogram;
@@ -35,7 +37,7 @@ use tonic::{Status, Streaming};
 pub use self::{
     error::TelemetryError,
     ingest::{Acked, Hello, Ingest, Taken},
-    query::{Plan, Summary, TimeRange, filter, granularity, scope},
+    query::{AlertAudience, Plan, Summary, TimeRange, filter, granularity, scope},
     rollup::{Cell, Filter, Granularity, Rollups, TenantScope, Totals},
     traces::TraceIndex,
 };
@@ -79,6 +81,8 @@ pub(crate) struct Shared {
     spans: broadcast::Sender<Arc<[pb::Span]>>,
     /// Highest store revision folded.
     folded: watch::Sender<Revision>,
+    /// Firing alerts and alert transitions, for subscribers.
+    alerts: alerts::AlertBoard,
 }
 
 impl Shared {
@@ -89,6 +93,7 @@ impl Shared {
             traces: Mutex::new(TraceIndex::new(settings.trace_spans)),
             spans,
             folded: watch::Sender::new(0),
+            alerts: alerts::AlertBoard::new(settings.subscriber_buffer),
         }
     }
 
@@ -188,6 +193,15 @@ impl Telemetry {
         let mut folded = self.shared.folded.subscribe();
         // Err only if the sender is gone, which it never is while `self` lives.
         let _ = folded.wait_for(|&folded| folded >= revision).await;
+    }
+
+    /// Evaluates the alert rules in `config` (the replica's config cache)
+    /// once a second until shutdown.
+    pub fn evaluate_alerts(
+        &self,
+        config: watch::Receiver<Arc<crate::fleet::cache::Snapshot>>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(alerts::run(self.clone(), config, self.shutdown.clone()))
     }
 
     /// The highest store revision folded.

@@ -16,6 +16,7 @@ use tonic::Status;
 
 use super::{
     Telemetry, TelemetryError,
+    alerts::Transition,
     ingest::unix_now,
     rollup::{Cell, Filter, Granularity, TenantScope, Totals},
 };
@@ -270,24 +271,41 @@ impl Telemetry {
     }
 
     /// `Subscribe`: one summary as each window of `granularity` closes
-    /// (after a grace for late spans), and matching spans as they are
-    /// folded when `include_spans`. A subscriber that falls behind the span
-    /// feed skips spans; it never slows ingest. Alert transitions are not
-    /// sent: alert rules are not evaluated yet, so there are none.
+    /// (after a grace for late spans), matching spans as they are folded
+    /// when `include_spans`, and with `alerts` the transitions of the alert
+    /// rules visible to it, after a FIRING event for each rule firing now.
+    /// A subscriber that falls behind the span feed skips spans; it never
+    /// slows ingest.
     pub fn subscribe(
         &self,
         filter: Filter,
         granularity: Granularity,
         include_spans: bool,
+        alerts: Option<AlertAudience>,
     ) -> BoxStream<'static, Result<pb::SubscribeResponse, Status>> {
+        use pb::subscribe_response::Event;
         let now = unix_now() as i64;
+        let mut pending = VecDeque::new();
+        let alerts = alerts.map(|audience| {
+            let (firing, receiver) = self.shared.alerts.follow();
+            pending.extend(
+                firing
+                    .iter()
+                    .filter(|t| t.visible(&filter, audience.platform))
+                    .map(|t| pb::SubscribeResponse {
+                        event: Some(Event::Alert(t.event.clone())),
+                    }),
+            );
+            (receiver, audience)
+        });
         let subscription = Subscription {
             grace: self.settings.close_grace,
             spans: include_spans.then(|| self.shared.spans.subscribe()),
+            alerts,
             telemetry: self.clone(),
             filter,
             granularity,
-            pending: VecDeque::new(),
+            pending,
             next_close: granularity.floor(now) + granularity.seconds(),
             cancel: self.shutdown.clone(),
         };
@@ -304,6 +322,22 @@ impl Telemetry {
 
 // === Subscriptions ===
 
+/// Who receives alert transitions on a subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AlertAudience {
+    /// A platform (`system` tenant) caller, who also sees fleet-wide rules.
+    pub platform: bool,
+}
+
+impl AlertAudience {
+    /// The audience of `who`.
+    pub fn of(who: &Principal) -> Self {
+        Self {
+            platform: who.tenant == SYSTEM_TENANT,
+        }
+    }
+}
+
 /// One `Subscribe` stream's state.
 struct Subscription {
     telemetry: Telemetry,
@@ -311,6 +345,7 @@ struct Subscription {
     granularity: Granularity,
     grace: Duration,
     spans: Option<broadcast::Receiver<Arc<[pb::Span]>>>,
+    alerts: Option<(broadcast::Receiver<Arc<Transition>>, AlertAudience)>,
     /// Events ready to send; at most one folded batch's spans and a rollup.
     pending: VecDeque<pb::SubscribeResponse>,
     /// End of the next window to report, Unix seconds.
@@ -362,6 +397,19 @@ impl Subscription {
                     }
                     Err(RecvError::Closed) => self.spans = None,
                 },
+                transition = recv_alert(&mut self.alerts) => match transition {
+                    Ok((transition, audience)) => {
+                        if transition.visible(&self.filter, audience.platform) {
+                            self.pending.push_back(pb::SubscribeResponse {
+                                event: Some(Event::Alert(transition.event.clone())),
+                            });
+                        }
+                    }
+                    Err(RecvError::Lagged(skipped)) => {
+                        tracing::warn!(skipped, "slow subscriber skipped alert transitions");
+                    }
+                    Err(RecvError::Closed) => self.alerts = None,
+                },
             }
         }
     }
@@ -373,6 +421,16 @@ async fn recv(
 ) -> Result<Arc<[pb::Span]>, RecvError> {
     match spans {
         Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next alert transition; never, without a receiver.
+async fn recv_alert(
+    alerts: &mut Option<(broadcast::Receiver<Arc<Transition>>, AlertAudience)>,
+) -> Result<(Arc<Transition>, AlertAudience), RecvError> {
+    match alerts {
+        Some((receiver, audience)) => Ok((receiver.recv().await?, *audience)),
         None => std::future::pending().await,
     }
 }

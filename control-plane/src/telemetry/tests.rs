@@ -387,7 +387,7 @@ async fn subscribers_get_matching_spans_then_each_closed_window() {
     use pb::subscribe_response::Event;
     let f = fixture(settings()).await;
     let acme = Filter::tenant(TenantScope::One("acme".into()));
-    let mut events = f.telemetry.subscribe(acme, Granularity::Second, true);
+    let mut events = f.telemetry.subscribe(acme, Granularity::Second, true, None);
     let spans = vec![
         request("globex", "bot", 1, 0.0),
         request("acme", "bot", 2, 0.0),

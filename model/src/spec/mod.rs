@@ -1,6 +1,7 @@
 //! The typed specs, one module per group of kinds.
 
 mod agent;
+mod alert;
 mod budget;
 mod model;
 mod policy;
@@ -11,6 +12,10 @@ use aios_proto::v1 as pb;
 
 pub use agent::{
     ActionCriticality, Agent, DEFAULT_DEADLINE, DEFAULT_MAX_STEPS, DEFAULT_TOOL_TIMEOUT, Tool,
+};
+pub use alert::{
+    AlertComparison, AlertMetric, AlertRule, AlertSeverity, DEFAULT_ALERT_WINDOW, MAX_ALERT_WINDOW,
+    Threshold,
 };
 pub use budget::{Budget, BudgetScope, BudgetScopeKind, BudgetWindow, OnExceed};
 pub use model::{DEFAULT_MODEL_TIMEOUT, Model, ModelProvider};
@@ -43,6 +48,8 @@ pub enum Spec {
     Agent(Agent),
     /// [`Kind::Tool`].
     Tool(Tool),
+    /// [`Kind::AlertRule`].
+    AlertRule(AlertRule),
 }
 
 impl Spec {
@@ -57,6 +64,7 @@ impl Spec {
             Spec::RoutingTable(_) => Kind::RoutingTable,
             Spec::Agent(_) => Kind::Agent,
             Spec::Tool(_) => Kind::Tool,
+            Spec::AlertRule(_) => Kind::AlertRule,
         }
     }
 }
@@ -76,5 +84,6 @@ pub(crate) fn convert(ctx: &mut Ctx, spec: &pb::resource::Spec, name: &str) -> O
         }
         S::Agent(s) => Spec::Agent(agent::agent(ctx, s, &spec_path(Kind::Agent))?),
         S::Tool(s) => Spec::Tool(agent::tool(ctx, s, name, &spec_path(Kind::Tool))?),
+        S::AlertRule(s) => Spec::AlertRule(alert::convert(ctx, s, &spec_path(Kind::AlertRule))?),
     })
 }

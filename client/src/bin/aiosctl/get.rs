@@ -5,7 +5,8 @@ use std::{collections::BTreeSet, time::SystemTime};
 
 use aios_client::{kind, manifest};
 use aios_proto::v1::{
-    BudgetWindow, GetRequest, Kind, ListRequest, ModelProvider, Resource, Role, resource::Spec,
+    AlertComparison, AlertMetric, AlertSeverity, BudgetWindow, GetRequest, Kind, ListRequest,
+    ModelProvider, Resource, Role, resource::Spec,
 };
 
 use crate::{
@@ -16,7 +17,7 @@ use crate::{
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// tenant, apikey, budget, policy, model, routingtable, agent or tool (singular or plural),
+    /// tenant, apikey, budget, policy, model, routingtable, agent, tool or alertrule (singular or plural),
     /// or `all`.
     kind: String,
     /// One resource's name; without it, list.
@@ -121,6 +122,7 @@ fn kind_headers(kind: Kind) -> &'static [&'static str] {
         Kind::RoutingTable => &["TIERS", "MODELS"],
         Kind::Agent => &["ROUTING TABLE", "POLICY"],
         Kind::Tool => &["ADDRESS", "SIDE EFFECTS"],
+        Kind::AlertRule => &["METRIC", "THRESHOLD", "SEVERITY"],
     }
 }
 
@@ -168,6 +170,21 @@ fn kind_cells(resource: &Resource) -> Vec<String> {
         }
         Some(Spec::Agent(a)) => vec![or_dash(&a.routing_table), or_dash(&a.policy)],
         Some(Spec::Tool(t)) => vec![or_dash(&t.address), t.side_effects.to_string()],
+        Some(Spec::AlertRule(r)) => {
+            let metric = AlertMetric::try_from(r.metric).unwrap_or(AlertMetric::Unspecified);
+            let comparison = match AlertComparison::try_from(r.comparison).unwrap_or_default() {
+                AlertComparison::Below => "<",
+                AlertComparison::Above => ">",
+                AlertComparison::Unspecified if metric == AlertMetric::CacheHitRate => "<",
+                AlertComparison::Unspecified => ">",
+            };
+            let severity = AlertSeverity::try_from(r.severity).unwrap_or(AlertSeverity::Warning);
+            vec![
+                short_enum(metric.as_str_name(), "ALERT_METRIC_"),
+                format!("{comparison} {}", r.threshold),
+                short_enum(severity.as_str_name(), "ALERT_SEVERITY_"),
+            ]
+        }
     }
 }
 
