@@ -1,6 +1,8 @@
 //! Compiles `aios/v1/*.proto` with protox (pure Rust: no system `protoc`),
 //! generates tonic clients and servers, and writes the encoded file
-//! descriptor set that the servers expose through gRPC reflection.
+//! descriptor set that the servers expose through gRPC reflection. Also
+//! compiles the vendored OTLP trace protos (`vendor/opentelemetry/`) for the
+//! control plane's exporter; those stay out of the reflection set.
 
 use std::{fs, path::PathBuf};
 
@@ -32,5 +34,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // to compile, so the contract can grow ahead of the servers.
         .generate_default_stubs(true)
         .compile_fds(fds)?;
+
+    let vendor = root.join("vendor");
+    let otlp = vendor.join("opentelemetry/proto/collector/trace/v1/trace_service.proto");
+    println!("cargo:rerun-if-changed={}", vendor.display());
+    tonic_prost_build::configure().compile_fds(protox::compile([&otlp], [&vendor])?)?;
     Ok(())
 }

@@ -10,6 +10,8 @@ use aios_runtime::{
     logging::LogFormat,
 };
 use clap::Parser;
+
+use crate::telemetry::otlp::OtlpSettings;
 use serde::Deserialize;
 
 pub use crate::store::etcd::EtcdTls;
@@ -56,6 +58,20 @@ pub struct Cli {
     /// its rollups from what is kept), e.g. `2h`; 1m to 7 days.
     #[arg(long, env = "AIOS_TELEMETRY_RETENTION", value_name = "DURATION", value_parser = aios_runtime::config::parse_duration)]
     pub telemetry_retention: Option<Duration>,
+    /// Export every span to this OpenTelemetry collector (OTLP/gRPC), e.g.
+    /// `http://otel-collector:4317`. Unset = no export.
+    #[arg(long, env = "AIOS_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Metadata sent with every OTLP export, e.g. `authorization=Bearer …`;
+    /// repeatable (AIOS_OTLP_HEADERS: comma-separated).
+    #[arg(
+        long = "otlp-header",
+        env = "AIOS_OTLP_HEADERS",
+        value_name = "KEY=VALUE",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub otlp_headers: Vec<String>,
     #[command(flatten)]
     pub common: CommonArgs,
     // Last: its help heading would also cover the flags after it.
@@ -99,6 +115,8 @@ struct FileConfig {
         deserialize_with = "aios_runtime::config::deserialize_duration"
     )]
     telemetry_retention: Option<Duration>,
+    otlp_endpoint: Option<String>,
+    otlp_headers: Option<Vec<String>>,
     etcd_ca_file: Option<PathBuf>,
     etcd_cert_file: Option<PathBuf>,
     etcd_key_file: Option<PathBuf>,
@@ -130,6 +148,8 @@ pub struct Config {
     pub replica_id: String,
     /// How long span batches stay in the store.
     pub telemetry_retention: Duration,
+    /// Where spans are exported over OTLP; `None` = nowhere.
+    pub otlp: Option<OtlpSettings>,
     /// Logging and shutdown.
     pub process: ProcessConfig,
 }
@@ -172,6 +192,13 @@ impl Config {
             telemetry_retention: telemetry_retention(
                 cli.telemetry_retention.or(file.telemetry_retention),
             )?,
+            otlp: otlp(
+                cli.otlp_endpoint.or(file.otlp_endpoint),
+                match cli.otlp_headers.is_empty() {
+                    true => file.otlp_headers.unwrap_or_default(),
+                    false => cli.otlp_headers,
+                },
+            )?,
             process: ProcessConfig::resolve(&cli.common, &common)?,
         })
     }
@@ -188,6 +215,7 @@ impl Config {
             bootstrap_admin_key: None,
             replica_id: default_replica_id(),
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
+            otlp: None,
             process: ProcessConfig::default(),
         }
     }
@@ -220,6 +248,66 @@ fn telemetry_retention(value: Option<Duration>) -> Result<Duration, ConfigError>
         ));
     }
     Ok(retention)
+}
+
+/// The OTLP export settings: a gRPC URL and `key=value` headers with
+/// valid names and values (keys lowercased, as gRPC metadata is).
+fn otlp(
+    endpoint: Option<String>,
+    headers: Vec<String>,
+) -> Result<Option<OtlpSettings>, ConfigError> {
+    let Some(endpoint) = endpoint.filter(|e| !e.is_empty()) else {
+        if let Some(header) = headers.first() {
+            return Err(ConfigError::invalid(
+                "--otlp-header",
+                redact(header),
+                "needs --otlp-endpoint",
+            ));
+        }
+        return Ok(None);
+    };
+    let valid_url = tonic::transport::Endpoint::from_shared(endpoint.clone()).is_ok()
+        && (endpoint.starts_with("http://") || endpoint.starts_with("https://"));
+    if !valid_url {
+        return Err(ConfigError::invalid(
+            "--otlp-endpoint",
+            &endpoint,
+            "must be an http:// or https:// URL, e.g. http://otel-collector:4317",
+        ));
+    }
+    let mut settings = OtlpSettings::new(endpoint);
+    for header in headers {
+        let Some((key, value)) = header.split_once('=') else {
+            return Err(ConfigError::invalid(
+                "--otlp-header",
+                redact(&header),
+                "must be KEY=VALUE",
+            ));
+        };
+        let key = key.trim().to_ascii_lowercase();
+        let valid =
+            tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(key.as_bytes())
+                .is_ok()
+                && tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(value)
+                    .is_ok();
+        if !valid {
+            return Err(ConfigError::invalid(
+                "--otlp-header",
+                redact(&header),
+                "needs a header name and a printable ASCII value",
+            ));
+        }
+        settings.headers.push((key, value.to_string()));
+    }
+    Ok(Some(settings))
+}
+
+/// `key=…`: header values are often credentials.
+fn redact(header: &str) -> String {
+    match header.split_once('=') {
+        Some((key, _)) => format!("{key}=…"),
+        None => header.to_string(),
+    }
 }
 
 /// `{host name}-{pid}`: unique among replicas running at the same time.
@@ -497,6 +585,57 @@ mod tests {
                 .unwrap_err()
                 .one_line();
             assert!(err.starts_with("invalid --telemetry-retention"), "{err}");
+        }
+    }
+
+    #[test]
+    fn otlp_export_is_off_by_default_and_checked_when_set() {
+        assert_eq!(parse(&[]).unwrap().otlp, None);
+        let config = parse(&[
+            "--otlp-endpoint",
+            "http://collector:4317",
+            "--otlp-header",
+            "Authorization=Bearer abc",
+            "--otlp-header",
+            "x-team=ml",
+        ])
+        .unwrap();
+        let otlp = config.otlp.unwrap();
+        assert_eq!(otlp.endpoint, "http://collector:4317");
+        assert_eq!(
+            otlp.headers,
+            [
+                ("authorization".to_string(), "Bearer abc".to_string()),
+                ("x-team".to_string(), "ml".to_string())
+            ]
+        );
+        assert!(
+            !format!("{otlp:?}").contains("abc"),
+            "header values are not logged"
+        );
+        for (args, flag) in [
+            (
+                &["--otlp-endpoint", "collector:4317"][..],
+                "--otlp-endpoint",
+            ),
+            (&["--otlp-header", "a=b"][..], "--otlp-header"),
+            (
+                &["--otlp-endpoint", "http://c:4317", "--otlp-header", "nokey"][..],
+                "--otlp-header",
+            ),
+            (
+                &[
+                    "--otlp-endpoint",
+                    "http://c:4317",
+                    "--otlp-header",
+                    "bad key=secret",
+                ][..],
+                "--otlp-header",
+            ),
+        ] {
+            let err = parse(args).unwrap_err().one_line();
+            assert!(err.starts_with(&format!("invalid {flag}")), "{err}");
+            assert!(!err.contains("secret"), "{err}");
         }
     }
 

@@ -73,13 +73,20 @@ impl ControlPlane {
         )
         .await
         .map_err(|e| store_error(&config.store, e))?;
-        let (telemetry, telemetry_task) = telemetry::Telemetry::start(
-            store.clone(),
-            telemetry::TelemetrySettings::new(config.telemetry_retention),
-            background.clone(),
-        )
-        .await
-        .map_err(|e| store_error(&config.store, e))?;
+        let mut telemetry_settings = telemetry::TelemetrySettings::new(config.telemetry_retention);
+        if let Some(otlp) = &config.otlp {
+            let (exporter, task) =
+                telemetry::otlp::OtlpExporter::start(otlp.clone(), background.clone()).map_err(
+                    |reason| ConfigError::invalid("--otlp-endpoint", &otlp.endpoint, reason),
+                )?;
+            tracing::info!(endpoint = %otlp.endpoint, "exporting spans over OTLP");
+            telemetry_settings.exporter = Some(exporter);
+            background_tasks.push(task);
+        }
+        let (telemetry, telemetry_task) =
+            telemetry::Telemetry::start(store.clone(), telemetry_settings, background.clone())
+                .await
+                .map_err(|e| store_error(&config.store, e))?;
         background_tasks.push(telemetry_task);
         background_tasks.push(telemetry.evaluate_alerts(fleet.cache().subscribe()));
         // Checked before serving starts, so the "serving" log line and the

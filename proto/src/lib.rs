@@ -17,6 +17,40 @@ pub mod v1 {
     tonic::include_proto!("aios.v1");
 }
 
+/// OTLP trace export (`opentelemetry.proto.*`, vendored unchanged): the
+/// messages and the `TraceService` client and server. Module paths mirror
+/// the proto packages, as the generated code expects.
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    missing_docs,
+    missing_debug_implementations
+)]
+pub mod otlp {
+    pub mod common {
+        pub mod v1 {
+            tonic::include_proto!("opentelemetry.proto.common.v1");
+        }
+    }
+    pub mod resource {
+        pub mod v1 {
+            tonic::include_proto!("opentelemetry.proto.resource.v1");
+        }
+    }
+    pub mod trace {
+        pub mod v1 {
+            tonic::include_proto!("opentelemetry.proto.trace.v1");
+        }
+    }
+    pub mod collector {
+        pub mod trace {
+            pub mod v1 {
+                tonic::include_proto!("opentelemetry.proto.collector.trace.v1");
+            }
+        }
+    }
+}
+
 /// Encoded `google.protobuf.FileDescriptorSet` of every `aios.v1` file.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/aios_descriptor.bin"));

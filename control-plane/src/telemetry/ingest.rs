@@ -19,7 +19,10 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
-use super::TelemetryError;
+use super::{
+    TelemetryError,
+    otlp::{self, OtlpExporter},
+};
 use crate::{
     keys::{self, BatchKey},
     store::{
@@ -163,6 +166,7 @@ pub struct Ingest {
     store: SharedStore,
     leases: Arc<Leases>,
     part_bytes: usize,
+    exporter: Option<OtlpExporter>,
 }
 
 impl Ingest {
@@ -173,7 +177,15 @@ impl Ingest {
             store,
             leases: Arc::new(Leases::new(retention)),
             part_bytes,
+            exporter: None,
         }
+    }
+
+    /// Also hands each batch written to `exporter` (OTLP), when set.
+    #[must_use]
+    pub fn exporting_to(mut self, exporter: Option<OtlpExporter>) -> Self {
+        self.exporter = exporter;
+        self
     }
 
     /// Reads what has been taken from `hello`'s incarnation.
@@ -208,6 +220,11 @@ impl Ingest {
             span.node.clone_from(&hello.node_id);
         }
         let sequence = batch.sequence;
+        // Converted now (`records` consumes the batch), offered once stored.
+        let export = self
+            .exporter
+            .as_ref()
+            .map(|_| otlp::convert(&hello.node_id, &hello.region, &batch));
         let minute = unix_now() / 60;
         let records = records(hello, minute, batch, self.part_bytes)?;
         let acked_key = keys::telemetry_acked(&hello.node_id, &hello.incarnation);
@@ -236,6 +253,9 @@ impl Ingest {
                         sequence,
                         mod_revision: revision,
                     };
+                    if let (Some(exporter), Some(spans)) = (&self.exporter, export) {
+                        exporter.offer(spans);
+                    }
                     return Ok(Taken::Written { acked });
                 }
                 Ok(TxnOutcome::Conflict { .. }) => {

@@ -10,12 +10,14 @@
 //! - [`traces`]: the bounded index of recent traces.
 //! - [`query`]: `GetSummary`, `GetTrace`, `Subscribe`.
 //! - [`alerts`]: alert rules evaluated over the rollups each second.
+//! - [`otlp`]: export of stored spans to an OpenTelemetry collector.
 
 pub mod alerts;
 mod error;
 mod feed;
 pub mod histogram;
 pub mod ingest;
+pub mod otlp;
 pub mod query;
 pub mod rollup;
 pub mod traces;
@@ -57,6 +59,8 @@ pub struct TelemetrySettings {
     pub close_grace: Duration,
     /// Folded batches a subscriber may fall behind before it skips some.
     pub subscriber_buffer: usize,
+    /// Exports the batches this replica takes, when set.
+    pub exporter: Option<otlp::OtlpExporter>,
 }
 
 impl TelemetrySettings {
@@ -68,6 +72,7 @@ impl TelemetrySettings {
             part_bytes: 900 * 1024,
             close_grace: Duration::from_millis(250),
             subscriber_buffer: 1024,
+            exporter: None,
         }
     }
 }
@@ -146,7 +151,8 @@ impl Telemetry {
             shutdown.clone(),
         ));
         let telemetry = Self {
-            ingest: Ingest::new(store, settings.retention, settings.part_bytes),
+            ingest: Ingest::new(store, settings.retention, settings.part_bytes)
+                .exporting_to(settings.exporter.clone()),
             shared,
             settings: Arc::new(settings),
             shutdown,

@@ -526,3 +526,56 @@ async fn a_node_reports_over_grpc_and_is_acknowledged_batch_by_batch() {
     server.abort();
     f.shutdown.cancel();
 }
+
+#[tokio::test]
+async fn written_batches_are_exported_over_otlp_once_and_duplicates_not_at_all() {
+    let collector = otlp::tests::Collector::default();
+    let (url, stop) = collector.start().await;
+    let shutdown = CancellationToken::new();
+    let (exporter, task) =
+        otlp::OtlpExporter::start(otlp::OtlpSettings::new(url), shutdown.clone()).unwrap();
+    let mut settings = settings();
+    settings.exporter = Some(exporter);
+    let f = fixture(settings).await;
+    let node = hello("node-1", "inc-1");
+    let first = take(
+        &f,
+        &node,
+        Acked::default(),
+        batch(1, vec![request("acme", "a", 1, 0.5)]),
+    )
+    .await;
+    let second = take(
+        &f,
+        &node,
+        first.acked(),
+        batch(
+            2,
+            vec![request("acme", "a", 2, 0.5), request("acme", "b", 3, 0.5)],
+        ),
+    )
+    .await;
+    // A replay of batch 1 after a reconnect is acked, not exported again.
+    let replay = take(
+        &f,
+        &node,
+        second.acked(),
+        batch(1, vec![request("acme", "a", 1, 0.5)]),
+    )
+    .await;
+    assert!(matches!(replay, Taken::Duplicate { .. }));
+    collector.wait_for(3).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    let mut ids: Vec<u8> = collector.spans().iter().map(|s| s.span_id[0]).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [1, 2, 3]);
+    assert!(
+        collector
+            .spans()
+            .iter()
+            .all(|s| s.name.starts_with("invoke_agent"))
+    );
+    f.shutdown.cancel();
+    stop.cancel();
+}
