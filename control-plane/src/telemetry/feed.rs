@@ -7,8 +7,16 @@
 //! the watch then delivers everything after, in order; a compaction resync
 //! folds only the records written while history was gone. Deletes (lease
 //! expiry) change nothing: rollups outlive the raw batches.
+//!
+//! The replica that took a batch already decoded it: ingest hands it over
+//! ([`Handoff`]) keyed by the revision it was stored at, and the feed folds
+//! that instead of decoding the record again. Other replicas decode.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use aios_proto::v1 as pb;
 use futures::StreamExt;
@@ -17,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Shared, ingest::unix_now};
 use crate::{
-    keys::{self, BatchKey},
+    keys,
     store::{
         EventKind, KeyValue, RangeRequest, Revision, SharedStore, StoreError,
         watch::{Update, resyncing_watch},
@@ -28,6 +36,81 @@ use crate::{
 const PAGE: usize = 256;
 /// Pause before watching again after the store failed.
 const RETRY: Duration = Duration::from_millis(500);
+
+// === Handoff ===
+
+/// Batches this replica is storing whole, by record key, for its feed to
+/// fold without decoding the record. Ingest offers a batch before writing
+/// it (the watch may deliver the record before the write call returns) and
+/// withdraws it unless the write commits; the feed claims it by key.
+#[derive(Debug, Default)]
+pub(crate) struct Handoff(Mutex<HashMap<String, Folded>>);
+
+/// A batch ready to fold: who sent it, when it was taken.
+#[derive(Debug)]
+pub(crate) struct Folded {
+    node: String,
+    unix_minute: u64,
+    batch: pb::SpanBatch,
+}
+
+impl Handoff {
+    /// Offers `batch`, to be stored whole at record `key`, taken from `node`
+    /// in `unix_minute`. Dropping the returned guard withdraws it.
+    pub(crate) fn offer(
+        &self,
+        key: String,
+        node: &str,
+        unix_minute: u64,
+        batch: pb::SpanBatch,
+    ) -> Handing<'_> {
+        let folded = Folded {
+            node: node.to_string(),
+            unix_minute,
+            batch,
+        };
+        self.lock().insert(key.clone(), folded);
+        Handing {
+            handoff: self,
+            key: Some(key),
+        }
+    }
+
+    /// The batch offered for record `key`, if any.
+    fn claim(&self, key: &str) -> Option<Folded> {
+        self.lock().remove(key)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Folded>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// An offered batch; withdrawn when dropped unless kept.
+#[derive(Debug)]
+pub(crate) struct Handing<'a> {
+    handoff: &'a Handoff,
+    key: Option<String>,
+}
+
+impl Handing<'_> {
+    /// The record was written: the batch stays for the feed.
+    pub(crate) fn keep(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for Handing<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.handoff.claim(&key);
+        }
+    }
+}
+
+// === The feed ===
 
 /// Folds every batch record in the store; returns the revision folded up to.
 pub(crate) async fn load(store: &SharedStore, shared: &Shared) -> Result<Revision, StoreError> {
@@ -122,25 +205,27 @@ fn apply(shared: &Shared, update: Update, folded: &mut Revision) {
     shared.folded.send_replace(*folded);
 }
 
-/// Decodes batch records, folds them into the rollups, indexes their traces
-/// and offers their spans to subscribers.
+/// Decodes batch records (or takes them from the handoff), folds them into
+/// the rollups, indexes their traces and offers their spans to subscribers.
 fn fold<'a>(shared: &Shared, kvs: impl Iterator<Item = &'a KeyValue>) {
     // Decoding is the costly part: done before any lock is taken.
-    let decoded: Vec<(BatchKey<'a>, pb::SpanBatch)> = kvs.filter_map(decode).collect();
+    let decoded: Vec<Folded> = kvs
+        .filter_map(|kv| shared.handoff.claim(&kv.key).or_else(|| decode(kv)))
+        .collect();
     if decoded.is_empty() {
         return;
     }
     let now = unix_now() as i64;
     {
         let mut rollups = shared.rollups_mut();
-        for (key, batch) in &decoded {
-            rollups.fold(key.node, key.unix_minute, batch, now);
+        for folded in &decoded {
+            rollups.fold(&folded.node, folded.unix_minute, &folded.batch, now);
         }
     }
     let batches: Vec<Arc<[pb::Span]>> = decoded
         .into_iter()
-        .filter(|(_, batch)| !batch.spans.is_empty())
-        .map(|(_, batch)| batch.spans.into())
+        .filter(|folded| !folded.batch.spans.is_empty())
+        .map(|folded| folded.batch.spans.into())
         .collect();
     {
         let mut traces = shared.traces();
@@ -156,14 +241,18 @@ fn fold<'a>(shared: &Shared, kvs: impl Iterator<Item = &'a KeyValue>) {
     }
 }
 
-/// A batch record's key and batch; `None` (logged) for anything else.
-fn decode(kv: &KeyValue) -> Option<(BatchKey<'_>, pb::SpanBatch)> {
+/// A batch record's batch; `None` (logged) for anything else.
+fn decode(kv: &KeyValue) -> Option<Folded> {
     let Some(key) = keys::parse_telemetry_batch(&kv.key) else {
         tracing::warn!(key = %kv.key, "unexpected key under the telemetry batches; ignored");
         return None;
     };
     match pb::SpanBatch::decode(kv.value.as_slice()) {
-        Ok(batch) => Some((key, batch)),
+        Ok(batch) => Some(Folded {
+            node: key.node.to_string(),
+            unix_minute: key.unix_minute,
+            batch,
+        }),
         Err(error) => {
             tracing::error!(key = %kv.key, %error, "undecodable span batch in the store; not folded");
             None
@@ -259,5 +348,53 @@ mod tests {
         );
         assert_eq!((folded, requests(&shared)), (10, 2));
         assert_eq!(*shared.folded.borrow(), 10);
+    }
+
+    #[test]
+    fn a_batch_handed_over_is_folded_without_decoding_its_record() {
+        let settings = TelemetrySettings::new(Duration::from_secs(3600));
+        let shared = Shared::new(&settings);
+        let mut folded = 0;
+        let put = |kv: KeyValue| Event {
+            kind: EventKind::Put,
+            kv,
+        };
+        let batch = |sequence| pb::SpanBatch::decode(record(sequence, 0).value.as_slice()).unwrap();
+        // The record's bytes are not a batch: only the handoff can fold it.
+        let garbage = |sequence, revision| KeyValue {
+            value: b"not a batch".to_vec(),
+            ..record(sequence, revision)
+        };
+        let minute = unix_now() / 60;
+        let kept = shared
+            .handoff
+            .offer(garbage(1, 5).key, "n1", minute, batch(1));
+        kept.keep();
+        apply(
+            &shared,
+            Update::Events(vec![put(garbage(1, 5))]),
+            &mut folded,
+        );
+        assert_eq!((folded, requests(&shared)), (5, 1));
+        assert!(shared.handoff.lock().is_empty(), "claimed once");
+        // A write that did not commit withdraws its offer.
+        drop(
+            shared
+                .handoff
+                .offer(garbage(2, 0).key, "n1", minute, batch(2)),
+        );
+        assert!(shared.handoff.lock().is_empty());
+        // The feed may claim before the write returns; keeping it then is harmless.
+        let early = shared
+            .handoff
+            .offer(record(3, 0).key, "n1", minute, batch(3));
+        apply(
+            &shared,
+            Update::Events(vec![put(record(3, 8))]),
+            &mut folded,
+        );
+        early.keep();
+        assert!(shared.handoff.lock().is_empty());
+        assert_eq!((folded, requests(&shared)), (8, 2));
     }
 }

@@ -21,6 +21,7 @@ use tonic::{Status, Streaming};
 
 use super::{
     TelemetryError,
+    feed::Handoff,
     otlp::{self, OtlpExporter},
 };
 use crate::{
@@ -167,6 +168,9 @@ pub struct Ingest {
     leases: Arc<Leases>,
     part_bytes: usize,
     exporter: Option<OtlpExporter>,
+    /// This replica's feed, which folds what is handed over without
+    /// decoding the record again.
+    handoff: Option<Arc<Handoff>>,
 }
 
 impl Ingest {
@@ -178,7 +182,15 @@ impl Ingest {
             leases: Arc::new(Leases::new(retention)),
             part_bytes,
             exporter: None,
+            handoff: None,
         }
+    }
+
+    /// Hands each batch written whole to `handoff` (this replica's feed).
+    #[must_use]
+    pub(crate) fn handing_to(mut self, handoff: Arc<Handoff>) -> Self {
+        self.handoff = Some(handoff);
+        self
     }
 
     /// Also hands each batch written to `exporter` (OTLP), when set.
@@ -226,7 +238,15 @@ impl Ingest {
             .as_ref()
             .map(|_| otlp::convert(&hello.node_id, &hello.region, &batch));
         let minute = unix_now() / 60;
-        let records = records(hello, minute, batch, self.part_bytes)?;
+        let (records, whole) = records(hello, minute, batch, self.part_bytes)?;
+        // Offered before the write: the feed may see the record before the
+        // write returns. Withdrawn on any way out but a commit.
+        let handing = match (&self.handoff, whole) {
+            (Some(handoff), Some(batch)) => {
+                Some(handoff.offer(records[0].0.clone(), &hello.node_id, minute, batch))
+            }
+            _ => None,
+        };
         let acked_key = keys::telemetry_acked(&hello.node_id, &hello.incarnation);
         for _ in 0..MAX_ATTEMPTS {
             let lease = self.leases.for_minute(self.store.as_ref(), minute).await?;
@@ -255,6 +275,9 @@ impl Ingest {
                     };
                     if let (Some(exporter), Some(spans)) = (&self.exporter, export) {
                         exporter.offer(spans);
+                    }
+                    if let Some(handing) = handing {
+                        handing.keep();
                     }
                     return Ok(Taken::Written { acked });
                 }
@@ -296,12 +319,18 @@ fn check_batch(batch: &pb::SpanBatch) -> Result<(), TelemetryError> {
 
 /// The batch's store records: one, or parts when it encodes larger than
 /// `part_bytes`.
+/// A store record: key and value.
+pub(crate) type Record = (String, Vec<u8>);
+
+/// The store records of `batch`, and the batch itself back when it fits in
+/// one record (a split batch may lose spans too large to store, so only a
+/// whole one can stand for what was stored).
 pub(crate) fn records(
     hello: &Hello,
     unix_minute: u64,
     batch: pb::SpanBatch,
     part_bytes: usize,
-) -> Result<Vec<(String, Vec<u8>)>, TelemetryError> {
+) -> Result<(Vec<Record>, Option<pb::SpanBatch>), TelemetryError> {
     let key = |sequence, part| {
         BatchKey {
             unix_minute,
@@ -313,7 +342,8 @@ pub(crate) fn records(
         .key()
     };
     if batch.encoded_len() <= part_bytes {
-        return Ok(vec![(key(batch.sequence, None), batch.encode_to_vec())]);
+        let record = (key(batch.sequence, None), batch.encode_to_vec());
+        return Ok((vec![record], Some(batch)));
     }
     let sequence = batch.sequence;
     let parts = split(batch, part_bytes);
@@ -327,11 +357,12 @@ pub(crate) fn records(
             ),
         ));
     }
-    Ok(parts
+    let records = parts
         .iter()
         .enumerate()
         .map(|(i, part)| (key(sequence, Some(i as u32)), part.encode_to_vec()))
-        .collect())
+        .collect();
+    Ok((records, None))
 }
 
 /// Cuts `batch` into parts that each encode within `part_bytes`, in span

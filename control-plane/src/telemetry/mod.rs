@@ -88,6 +88,8 @@ pub(crate) struct Shared {
     folded: watch::Sender<Revision>,
     /// Firing alerts and alert transitions, for subscribers.
     alerts: alerts::AlertBoard,
+    /// Batches this replica's ingest decoded, for its feed.
+    handoff: Arc<feed::Handoff>,
 }
 
 impl Shared {
@@ -99,6 +101,7 @@ impl Shared {
             spans,
             folded: watch::Sender::new(0),
             alerts: alerts::AlertBoard::new(settings.subscriber_buffer),
+            handoff: Arc::default(),
         }
     }
 
@@ -152,7 +155,8 @@ impl Telemetry {
         ));
         let telemetry = Self {
             ingest: Ingest::new(store, settings.retention, settings.part_bytes)
-                .exporting_to(settings.exporter.clone()),
+                .exporting_to(settings.exporter.clone())
+                .handing_to(shared.handoff.clone()),
             shared,
             settings: Arc::new(settings),
             shutdown,
