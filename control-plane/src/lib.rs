@@ -13,6 +13,7 @@ pub mod auth;
 pub mod config;
 pub mod fleet;
 pub mod keys;
+pub mod series;
 pub mod store;
 pub mod telemetry;
 
@@ -55,6 +56,8 @@ impl ControlPlane {
     /// Binds both listeners, opens the store, creates the platform admin
     /// key on first start, and starts serving.
     pub async fn start(config: &Config) -> Result<Self, StartError> {
+        // Before telemetry ingest makes its metric handles.
+        aios_runtime::metrics::install();
         let grpc = bind("--listen", config.listen).await?;
         let admin = bind("--admin-listen", config.admin_listen).await?;
         tracing::info!(store = %config.store, "control plane starting");
@@ -104,6 +107,7 @@ impl ControlPlane {
             services: aios_proto::CONTROL_PLANE_SERVICES,
             gates: vec![(GATE_STORE, store_ok)],
             http: None,
+            series: series::SERIES,
         })
         .await?;
         let health = watch_store_health(

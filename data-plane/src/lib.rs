@@ -18,6 +18,7 @@ pub mod openai;
 pub mod pipeline;
 pub mod reliability;
 pub mod router;
+pub mod series;
 pub mod telemetry;
 pub mod tools;
 pub mod upstream;
@@ -95,6 +96,8 @@ impl DataPlane {
         settings: pipeline::Settings,
         local: Arc<local::LocalModels>,
     ) -> Result<Self, StartError> {
+        // Before the pipeline and the reporter make their metric handles.
+        aios_runtime::metrics::install();
         let grpc = bind("--listen", config.listen).await?;
         let http = bind("--http-listen", config.http_listen).await?;
         let admin = bind("--admin-listen", config.admin_listen).await?;
@@ -134,6 +137,7 @@ impl DataPlane {
             services: aios_proto::DATA_PLANE_SERVICES,
             gates: vec![(GATE_CONFIG, has_config)],
             http: Some((http, http_router)),
+            series: series::SERIES,
         })
         .await?;
         let agent = fleet::Agent::new(

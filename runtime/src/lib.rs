@@ -4,14 +4,16 @@
 //! contract: static config from defaults, an optional file, `AIOS_*`
 //! environment variables and flags ([`config`], [`cli`]); structured logs
 //! ([`logging`]); readiness gates that drive `grpc.health.v1` and `/readyz`
-//! ([`health`]); an admin HTTP listener with `/metrics`, `/healthz` and
-//! `/readyz` ([`admin`]); and a gRPC server with reflection that drains
-//! in-flight calls within a bound on shutdown ([`server`]). Keeping this in
+//! ([`health`]); an admin HTTP listener with `/metrics` ([`metrics`],
+//! [`grpc_metrics`]), `/healthz` and `/readyz` ([`admin`]); and a gRPC
+//! server with reflection that drains in-flight calls within a bound on
+//! shutdown ([`server`]). Keeping this in
 //! one crate means a fix to, say, shutdown lands in both planes at once.
 
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod grpc_metrics;
 pub mod health;
 pub mod hex;
 pub mod keys;

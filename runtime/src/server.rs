@@ -9,7 +9,7 @@ use tokio_stream::{StreamExt, wrappers::TcpListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-use crate::{ConfigError, ListenAddr, health::Readiness};
+use crate::{ConfigError, ListenAddr, grpc_metrics::GrpcMetricsLayer, health::Readiness};
 
 /// Readiness gate opened once the gRPC accept loop runs.
 pub const GATE_GRPC: &str = "grpc";
@@ -43,6 +43,9 @@ pub struct ServerSpec {
     pub gates: Vec<(&'static str, bool)>,
     /// An extra HTTP listener and its routes (the data plane's OpenAI API).
     pub http: Option<(TcpListener, axum::Router)>,
+    /// The plane's own metric series (besides [`crate::metrics::SERIES`]),
+    /// for their `# HELP` lines.
+    pub series: &'static [crate::metrics::Series],
 }
 
 /// How a drain ended.
@@ -70,6 +73,11 @@ impl Running {
     pub async fn start(spec: ServerSpec) -> Result<Self, ServeError> {
         let grpc_addr = spec.grpc.local_addr().map_err(ServeError::Io)?;
         let admin_addr = spec.admin.local_addr().map_err(ServeError::Io)?;
+        // The recorder first, so the readiness gauge's first value counts.
+        let metrics = crate::metrics::handle();
+        crate::metrics::describe(crate::metrics::SERIES);
+        crate::metrics::describe(spec.series);
+        crate::metrics::record_build_info(spec.plane);
         let (reporter, health) = tonic_health::server::health_reporter();
         let mut gates = vec![(GATE_GRPC, false)];
         gates.extend_from_slice(&spec.gates);
@@ -77,9 +85,19 @@ impl Running {
         readiness.set(GATE_GRPC, false).await;
 
         let routes = with_reflection(spec.routes.add_service(health), spec.services)?;
+        let served: Vec<&str> = spec
+            .services
+            .iter()
+            .chain(INFRA_SERVICES)
+            .copied()
+            .collect();
+        let counted = GrpcMetricsLayer::new(spec.plane, &served, DESCRIPTOR_SETS);
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        if let Some(handle) = metrics.clone() {
+            tasks.spawn(crate::metrics::upkeep(handle, shutdown.clone()));
+        }
         let token = shutdown.clone();
         let plane = spec.plane;
         tasks.spawn(async move {
@@ -95,6 +113,7 @@ impl Running {
                 conn
             });
             let result = tonic::transport::Server::builder()
+                .layer(counted)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
                 .await;
@@ -103,8 +122,6 @@ impl Running {
             }
         });
 
-        let metrics = crate::metrics::handle();
-        crate::metrics::record_build_info(spec.plane);
         let admin_router = crate::admin::router(readiness.clone(), metrics);
         spawn_http(
             &mut tasks,
@@ -255,6 +272,14 @@ pub const INFRA_SERVICES: &[&str] = &[
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Where the served services' methods are described (for metric labels).
+const DESCRIPTOR_SETS: &[&[u8]] = &[
+    aios_proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
 ];
 
 /// Adds reflection in both the current (`v1`) and the older (`v1alpha`)

@@ -69,6 +69,11 @@ impl TestPlane {
         self.plane.grpc_addr()
     }
 
+    /// The admin HTTP listener's address (`/metrics`, `/readyz`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.plane.admin_addr()
+    }
+
     /// `http://ADDR` of the gRPC listener.
     pub fn url(&self) -> String {
         format!("http://{}", self.plane.grpc_addr())

@@ -177,6 +177,12 @@ impl Ingest {
     /// Writes batches to `store` under leases of `retention`, splitting
     /// batches that encode larger than `part_bytes`.
     pub fn new(store: SharedStore, retention: Duration, part_bytes: usize) -> Self {
+        // Ingest shows as 0 from the start, so rates have a series at once.
+        for outcome in ["written", "duplicate"] {
+            metrics::counter!("aios_telemetry_batches_total", "plane" => crate::PLANE, "outcome" => outcome)
+                .increment(0);
+        }
+        metrics::counter!("aios_telemetry_spans_total").increment(0);
         Self {
             store,
             leases: Arc::new(Leases::new(retention)),
@@ -547,8 +553,12 @@ impl Serving {
                     Taken::Written { .. } => "written",
                     Taken::Duplicate { .. } => "duplicate",
                 };
-                metrics::counter!("aios_telemetry_batches_total", "outcome" => outcome)
-                    .increment(1);
+                metrics::counter!(
+                    "aios_telemetry_batches_total",
+                    "plane" => crate::PLANE,
+                    "outcome" => outcome,
+                )
+                .increment(1);
                 if let Taken::Written { .. } = taken {
                     metrics::counter!("aios_telemetry_spans_total").increment(spans as u64);
                 }

@@ -332,6 +332,7 @@ impl<V> Shard<V> {
 #[derive(Debug)]
 pub struct CacheStage {
     cache: ResponseCache<Outcome>,
+    counters: LookupCounters,
 }
 
 impl CacheStage {
@@ -339,12 +340,42 @@ impl CacheStage {
     pub fn new(ttl: Duration, max_bytes: usize) -> Self {
         Self {
             cache: ResponseCache::new(ttl, max_bytes),
+            counters: LookupCounters::new("aios_cache_lookups_total"),
         }
     }
 
     /// Hits and misses so far.
     pub fn stats(&self) -> CacheStats {
         self.cache.stats()
+    }
+}
+
+/// A cache's `{result="hit"|"miss"}` lookup counter and the savings
+/// counter, made once (and shown as 0 until the first lookup).
+#[derive(Debug)]
+pub(super) struct LookupCounters {
+    hit: metrics::Counter,
+    pub(super) miss: metrics::Counter,
+    saved: metrics::Counter,
+}
+
+impl LookupCounters {
+    pub(super) fn new(name: &'static str) -> Self {
+        let counters = Self {
+            hit: metrics::counter!(name, "result" => "hit"),
+            miss: metrics::counter!(name, "result" => "miss"),
+            saved: metrics::counter!("aios_cache_saved_micro_usd_total"),
+        };
+        for counter in [&counters.hit, &counters.miss, &counters.saved] {
+            counter.increment(0);
+        }
+        counters
+    }
+
+    /// A hit that saved `cost`.
+    pub(super) fn hit(&self, cost: aios_model::Usd) {
+        self.hit.increment(1);
+        self.saved.increment(cost.micros().max(0) as u64);
     }
 }
 
@@ -422,16 +453,14 @@ impl Stage for CacheStage {
         };
         match self.cache.get(&key, Instant::now()) {
             Some(hit) => {
-                metrics::counter!("aios_cache_lookups_total", "result" => "hit").increment(1);
-                metrics::counter!("aios_cache_saved_micro_usd_total")
-                    .increment(hit.cost.micros().max(0) as u64);
+                self.counters.hit(hit.cost);
                 let mut outcome = (*hit).clone();
                 // Nothing was spent this time.
                 outcome.cost = aios_model::Usd::ZERO;
                 Ok(Flow::Done(Box::new(outcome)))
             }
             None => {
-                metrics::counter!("aios_cache_lookups_total", "result" => "miss").increment(1);
+                self.counters.miss.increment(1);
                 call.cache_key = Some(key);
                 Ok(Flow::Continue)
             }

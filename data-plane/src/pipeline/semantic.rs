@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use super::{
-    cache::{KeyBuilder, cached},
+    cache::{KeyBuilder, LookupCounters, cached},
     call::{Call, Input, Outcome, Status, StepKind},
     error::ExecError,
     stage::{Around, Ran},
@@ -178,12 +178,17 @@ impl SemanticIndex {
 pub struct SemanticStage {
     index: Arc<SemanticIndex>,
     local: Arc<LocalModels>,
+    counters: LookupCounters,
 }
 
 impl SemanticStage {
     /// Answers from `index`, embedding with `local`'s models.
     pub fn new(index: Arc<SemanticIndex>, local: Arc<LocalModels>) -> Self {
-        Self { index, local }
+        Self {
+            index,
+            local,
+            counters: LookupCounters::new("aios_semantic_cache_lookups_total"),
+        }
     }
 }
 
@@ -201,15 +206,13 @@ impl Around for SemanticStage {
             self.index
                 .lookup(&lookup.bucket, &lookup.vector, lookup.min, now)
         {
-            metrics::counter!("aios_semantic_cache_lookups_total", "result" => "hit").increment(1);
-            metrics::counter!("aios_cache_saved_micro_usd_total")
-                .increment(hit.cost.micros().max(0) as u64);
+            self.counters.hit(hit.cost);
             tracing::debug!(similarity, "semantic cache hit");
             let mut outcome = (*hit).clone();
             outcome.cost = aios_model::Usd::ZERO;
             return Ok(Ran { call, outcome });
         }
-        metrics::counter!("aios_semantic_cache_lookups_total", "result" => "miss").increment(1);
+        self.counters.miss.increment(1);
         let ran = inner.call(call).await?;
         let plain = ran.outcome.status == Status::Succeeded
             && !ran.outcome.cache_hit

@@ -3,8 +3,10 @@
 //! ([`stage`]) in the W3C trace the edge joined ([`trace`]), handed to an
 //! [`Outbox`] without waiting, and streamed to the control plane in
 //! numbered batches by the [`reporter`], which keeps every batch until it
-//! is acknowledged: in memory, then on disk ([`spill`]).
+//! is acknowledged: in memory, then on disk ([`spill`]). The same spans
+//! feed the node's Prometheus request metrics ([`metrics`]).
 
+pub mod metrics;
 pub mod outbox;
 pub mod reporter;
 pub mod span;

@@ -171,6 +171,11 @@ impl Reporter {
     /// A reporter and the outbox it reads. Loads the incarnation and any
     /// batches spilled by the previous run.
     pub fn new(settings: ReporterSettings) -> (Self, Outbox) {
+        // Lost spans show as 0 from the start, so an alert on their rate
+        // has a series before the first loss.
+        for place in ["outbox", "buffer"] {
+            metrics::counter!("aios_telemetry_spans_dropped_total", "where" => place).increment(0);
+        }
         let (outbox, receiver) = outbox(settings.outbox_capacity);
         let mut state = match &settings.state_dir {
             Some(dir) => State::load(dir),
@@ -275,7 +280,7 @@ impl Reporter {
             dropped_spans: dropped,
         };
         self.building_bytes = 0;
-        metrics::counter!("aios_telemetry_batches_total").increment(1);
+        metrics::counter!("aios_telemetry_batches_total", "plane" => crate::PLANE).increment(1);
         self.unacked.push(batch);
         let (memory, disk) = self.unacked.bytes();
         metrics::gauge!("aios_telemetry_unacked_bytes", "where" => "memory").set(memory as f64);

@@ -18,7 +18,8 @@
 //! (its first run was reported when it ran).
 //!
 //! Building happens after the response is ready, on the request's task,
-//! and ends in one non-blocking [`Outbox::send`].
+//! and ends in one non-blocking [`Outbox::send`], after the node's request
+//! metrics have counted the spans ([`RequestMetrics`]).
 
 use std::{
     sync::Arc,
@@ -30,6 +31,7 @@ use aios_proto::v1 as pb;
 use tokio::time::Instant;
 
 use super::{
+    metrics::RequestMetrics,
     outbox::Outbox,
     trace::{TraceContext, new_span_id},
 };
@@ -92,10 +94,11 @@ pub mod attr {
 // === SpanSink ===
 
 /// Where finished requests' spans go: the node's [`Outbox`], stamped with
-/// the node's id and region. Cheap to clone.
+/// the node's id and region, and its request metrics. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SpanSink {
     outbox: Outbox,
+    metrics: Arc<RequestMetrics>,
     node: Arc<str>,
     region: Arc<str>,
 }
@@ -136,19 +139,21 @@ impl SpanSink {
     pub fn new(outbox: Outbox, node: &str, region: &str) -> Self {
         Self {
             outbox,
+            metrics: Arc::new(RequestMetrics::new(crate::PLANE)),
             node: node.into(),
             region: region.into(),
         }
     }
 
-    /// Builds and hands off the spans of an execution that ended now.
+    /// Builds, counts and hands off the spans of an execution that ended now.
     pub fn execution(&self, info: &RequestInfo, ended: Ended<'_>) {
         let spans = execution_spans(self, info, ended, Instant::now());
+        self.metrics.record(&spans);
         self.outbox.send(spans);
     }
 
-    /// Builds and hands off the span of an embeddings request of `model`
-    /// that ended now: its tokens and cost, or its error.
+    /// Builds, counts and hands off the span of an embeddings request of
+    /// `model` that ended now: its tokens and cost, or its error.
     pub fn embedding(
         &self,
         info: &RequestInfo,
@@ -180,7 +185,9 @@ impl SpanSink {
             }
             Err(error) => fail(&mut span, exec_error_type(error), error.to_string()),
         }
-        self.outbox.send(vec![span]);
+        let spans = vec![span];
+        self.metrics.record(&spans);
+        self.outbox.send(spans);
     }
 }
 
