@@ -45,4 +45,18 @@ pub const SERIES: &[Series] = &[
         labels: &[],
         help: "Span batches a lagging Subscribe stream skipped.",
     },
+    // Alert rules (telemetry/alerts.rs).
+    Series {
+        name: "aios_alerts_firing",
+        kind: Kind::Gauge,
+        labels: &[],
+        help: "Alert rules firing now, as this replica evaluates them.",
+    },
+    // OTLP export (telemetry/otlp.rs).
+    Series {
+        name: "aios_otlp_spans_total",
+        kind: Kind::Counter,
+        labels: &["outcome"],
+        help: "Spans exported over OTLP (outcome exported), refused by the collector (rejected), or dropped (dropped_queue_full, dropped_failed, dropped_shutdown).",
+    },
 ];
