@@ -80,6 +80,37 @@ pub fn fields(pairs: &[(&str, String)], indent: usize) -> String {
         .collect()
 }
 
+// === Cells ===
+
+/// A duration for reading: `850µs`, `312.4ms`, `1.25s`, `2m05s`.
+pub fn duration(d: std::time::Duration) -> String {
+    let micros = d.as_micros();
+    match micros {
+        0..1_000 => format!("{micros}µs"),
+        1_000..1_000_000 => format!("{:.1}ms", d.as_secs_f64() * 1e3),
+        1_000_000..60_000_000 => format!("{:.2}s", d.as_secs_f64()),
+        _ => format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60),
+    }
+}
+
+/// US dollars with three significant digits below a dollar, cents above:
+/// `$0`, `$0.0000045`, `$0.0123`, `$12.50`.
+pub fn usd(amount: f64) -> String {
+    if amount == 0.0 || !amount.is_finite() {
+        return "$0".into();
+    }
+    let sign = if amount < 0.0 { "-" } else { "" };
+    let amount = amount.abs();
+    if amount >= 1.0 {
+        return format!("{sign}${amount:.2}");
+    }
+    // Digits after the point that keep three significant ones.
+    let decimals = (2 - amount.log10().floor() as i32).clamp(2, 12) as usize;
+    let text = format!("{amount:.decimals$}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{sign}${text}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,5 +128,25 @@ mod tests {
     fn fields_align_values_after_the_longest_key() {
         let text = fields(&[("Node", "a".into()), ("Last seen", "b".into())], 2);
         assert_eq!(text, "  Node:       a\n  Last seen:  b\n");
+    }
+
+    #[test]
+    fn durations_read_in_the_unit_that_fits() {
+        use std::time::Duration;
+        assert_eq!(duration(Duration::from_micros(850)), "850µs");
+        assert_eq!(duration(Duration::from_micros(312_400)), "312.4ms");
+        assert_eq!(duration(Duration::from_millis(1_250)), "1.25s");
+        assert_eq!(duration(Duration::from_secs(125)), "2m05s");
+    }
+
+    #[test]
+    fn dollars_keep_three_significant_digits_below_a_dollar() {
+        assert_eq!(usd(0.0), "$0");
+        assert_eq!(usd(0.000_004_5), "$0.0000045");
+        assert_eq!(usd(0.012_345), "$0.0123");
+        assert_eq!(usd(0.5), "$0.5");
+        assert_eq!(usd(12.5), "$12.50");
+        assert_eq!(usd(-0.25), "-$0.25");
+        assert_eq!(usd(f64::NAN), "$0");
     }
 }
