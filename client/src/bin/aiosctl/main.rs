@@ -12,6 +12,7 @@ mod linediff;
 mod output;
 mod resources;
 mod status;
+mod top;
 mod traces;
 
 use std::{path::PathBuf, time::Duration};
@@ -91,6 +92,8 @@ enum Command {
     Fleet(fleet::Args),
     /// Show recent traces: `traces get TRACE_ID` (a tree of spans, or -o json to export).
     Traces(traces::Args),
+    /// Watch the traffic live, like `top`: rollups every second, busiest agents (models, nodes…) first.
+    Top(top::Args),
 }
 
 /// Global options every command gets.
@@ -125,6 +128,7 @@ async fn main() {
         Command::Audit(args) => audit::run(&globals, args).await,
         Command::Fleet(args) => fleet::run(&globals, args).await,
         Command::Traces(args) => traces::run(&globals, args).await,
+        Command::Top(args) => top::run(&globals, args).await,
     };
     match code {
         Ok(code) => std::process::exit(code),

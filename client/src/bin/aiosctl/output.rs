@@ -111,6 +111,27 @@ pub fn usd(amount: f64) -> String {
     format!("{sign}${text}")
 }
 
+/// A count or rate, short: `7`, `2.5`, `950`, `1.2k`, `3.4M`, `1.0G`.
+pub fn count(value: f64) -> String {
+    let value = if value.is_finite() {
+        value.max(0.0)
+    } else {
+        0.0
+    };
+    match value {
+        v if v >= 1e9 => format!("{:.1}G", v / 1e9),
+        v if v >= 1e6 => format!("{:.1}M", v / 1e6),
+        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
+        v if v.fract() == 0.0 => format!("{v:.0}"),
+        v => format!("{v:.1}"),
+    }
+}
+
+/// A 0-1 ratio as a percentage with one decimal: `8.3%`.
+pub fn percent(ratio: f64) -> String {
+    format!("{:.1}%", ratio * 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +169,16 @@ mod tests {
         assert_eq!(usd(12.5), "$12.50");
         assert_eq!(usd(-0.25), "-$0.25");
         assert_eq!(usd(f64::NAN), "$0");
+    }
+
+    #[test]
+    fn counts_and_percentages_are_short() {
+        assert_eq!(count(7.0), "7");
+        assert_eq!(count(2.5), "2.5");
+        assert_eq!(count(950.0), "950");
+        assert_eq!(count(1_234.0), "1.2k");
+        assert_eq!(count(3_400_000.0), "3.4M");
+        assert_eq!(percent(1.0 / 12.0), "8.3%");
+        assert_eq!(percent(0.0), "0.0%");
     }
 }
