@@ -7,8 +7,9 @@
 //! serves, which is what `aiosctl status` shows. [`AdminClient`] wraps the
 //! control plane's `AdminService`; [`describe_status`] renders its errors
 //! (with their `google.rpc` details) as one line. [`FleetClient`] wraps
-//! the operator side of `FleetService`: the nodes and what each runs. With
-//! the `manifest` feature, [`manifest`] reads and writes resources as YAML
+//! the operator side of `FleetService`: the nodes and what each runs.
+//! [`TelemetryClient`] reads `TelemetryService`: traces, summaries and the
+//! live rollup stream. With the `manifest` feature, [`manifest`] reads and writes resources as YAML
 //! or JSON documents (the proto3 JSON mapping of `aios.v1.Resource`).
 
 pub mod admin;
@@ -16,6 +17,7 @@ pub mod fleet;
 pub mod kind;
 #[cfg(feature = "manifest")]
 pub mod manifest;
+pub mod telemetry;
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +38,7 @@ use tonic_reflection::pb::v1::{
 
 pub use admin::{AdminClient, describe_status};
 pub use fleet::FleetClient;
+pub use telemetry::TelemetryClient;
 
 /// Metadata key that carries the API key on every call.
 pub const API_KEY_HEADER: &str = "x-api-key";

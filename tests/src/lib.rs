@@ -14,6 +14,8 @@ pub mod fake_provider;
 
 pub mod fleet;
 
+pub mod telemetry;
+
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,

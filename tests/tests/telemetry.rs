@@ -7,177 +7,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use aios_control_plane::Secret;
-use aios_data_plane::{
-    DataPlane,
-    fleet::ResourceKey,
-    pipeline::{RemoteProviders, Settings},
-};
+use aios_data_plane::{DataPlane, fleet::ResourceKey};
 use aios_model::Kind;
-use aios_proto::v1::{
-    self as pb, admin_service_client::AdminServiceClient, agent_service_client::AgentServiceClient,
-    resource::Spec, telemetry_service_client::TelemetryServiceClient,
-};
+use aios_proto::v1::{self as pb, admin_service_client::AdminServiceClient, resource::Spec};
 use aios_runtime::hex;
 use aios_tests::{
-    admin::{ADMIN_KEY, TestPlane, agent, alert_rule, api_key, model, routing_table, tenant},
+    admin::{ADMIN_KEY, TestPlane, alert_rule, api_key},
     fake_provider::{FakeProvider, Reply},
+    telemetry::{WAIT, node, ready, seed, send, summary, summary_reaching, telemetry},
 };
 use tonic_types::StatusExt;
 
-const WAIT: Duration = Duration::from_secs(30);
-
-type Admin = AdminServiceClient<aios_client::AuthChannel>;
-type Telemetry = TelemetryServiceClient<aios_client::AuthChannel>;
-
-/// Applies the tenant `acme`: models `a` (the fake provider) and `pricey`
-/// (the baseline), table `std`, agent `support`; returns the secrets of a
-/// caller key and a viewer key.
-async fn seed(plane: &TestPlane, fake: &FakeProvider) -> (String, String) {
-    let channel = aios_client::connect(&plane.url(), Some(ADMIN_KEY), WAIT)
-        .await
-        .unwrap();
-    let mut admin = AdminServiceClient::new(channel);
-    apply(&mut admin, tenant("acme")).await;
-    for (name, price) in [("a", 0.15), ("pricey", 2.5)] {
-        let mut m = model("acme", name);
-        if let Some(Spec::Model(spec)) = m.spec.as_mut() {
-            spec.provider = pb::ModelProvider::OpenaiCompatible as i32;
-            spec.provider_model = format!("{name}-v1");
-            spec.endpoint = format!("{}/v1", fake.url());
-            spec.api_key_env = String::new();
-            spec.input_price_usd_per_mtok = price;
-            spec.output_price_usd_per_mtok = price * 4.0;
-        }
-        apply(&mut admin, m).await;
-    }
-    let mut table = routing_table("acme", "std", "a");
-    if let Some(Spec::RoutingTable(spec)) = table.spec.as_mut() {
-        spec.baseline_model = "pricey".into();
-    }
-    apply(&mut admin, table).await;
-    apply(&mut admin, agent("acme", "support", "std")).await;
-    let caller = apply(&mut admin, api_key("acme", "caller", pb::Role::Caller))
-        .await
-        .api_key_secret;
-    let viewer = apply(&mut admin, api_key("acme", "viewer", pb::Role::Viewer))
-        .await
-        .api_key_secret;
-    (caller, viewer)
-}
-
-async fn apply(admin: &mut Admin, resource: pb::Resource) -> pb::ApplyResponse {
-    admin
-        .apply(pb::ApplyRequest {
-            resource: Some(resource),
-            dry_run: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// A node named `id` streaming config from (and reporting spans to) `plane_url`.
-async fn node(plane_url: &str, id: &str, dir: &std::path::Path) -> DataPlane {
-    let mut config =
-        aios_data_plane::Config::local(plane_url.parse().unwrap(), dir.join(id).to_path_buf());
-    config.node.node_id = id.into();
-    config.node_key = Some(Secret::new(ADMIN_KEY.into()).unwrap());
-    DataPlane::start_with(
-        &config,
-        Arc::new(RemoteProviders::new().unwrap()),
-        Settings::default(),
-    )
-    .await
-    .unwrap()
-}
-
-async fn ready(node: &DataPlane) {
-    let mut changes = node.node_config().subscribe();
-    // The viewer key is applied last.
-    let last = ResourceKey::new(Kind::ApiKey, "acme", "viewer");
-    tokio::time::timeout(WAIT, changes.wait_for(|c| c.get(&last).is_some()))
-        .await
-        .expect("the node receives the config")
-        .unwrap();
-}
-
 /// Sends `count` requests to `node` and returns the sum of their costs.
 async fn ask(node: &DataPlane, key: &str, count: usize) -> f64 {
-    let mut cost = 0.0;
-    for response in send(node, key, count).await {
-        let response = response.unwrap();
-        assert_eq!(
-            response.status,
-            pb::ExecutionStatus::Succeeded as i32,
-            "{response:?}"
-        );
-        cost += response.cost_usd;
-    }
-    cost
-}
-
-/// Sends `count` requests to `node`, with distinct texts (no cache hits).
-async fn send(
-    node: &DataPlane,
-    key: &str,
-    count: usize,
-) -> Vec<Result<pb::ExecuteResponse, tonic::Status>> {
-    let channel = aios_client::connect(&format!("http://{}", node.grpc_addr()), Some(key), WAIT)
+    aios_tests::telemetry::ask(node, key, count)
         .await
-        .unwrap();
-    let mut agents = AgentServiceClient::new(channel);
-    let mut out = Vec::with_capacity(count);
-    for i in 0..count {
-        let response = agents
-            .execute(pb::ExecuteRequest {
-                agent: "support".into(),
-                input: Some(pb::execute_request::Input::Messages(pb::Messages {
-                    messages: vec![pb::Message {
-                        role: pb::MessageRole::User as i32,
-                        // Distinct texts: no cache hits.
-                        content: format!("What is {i} plus {i}?"),
-                        ..Default::default()
-                    }],
-                })),
-                ..Default::default()
-            })
-            .await
-            .map(tonic::Response::into_inner);
-        out.push(response);
-    }
-    out
-}
-
-async fn telemetry(plane_url: &str, key: &str) -> Telemetry {
-    let channel = aios_client::connect(plane_url, Some(key), WAIT)
-        .await
-        .unwrap();
-    TelemetryServiceClient::new(channel)
-}
-
-async fn summary(client: &mut Telemetry) -> pb::Summary {
-    client
-        .get_summary(pb::GetSummaryRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .summary
-        .unwrap_or_default()
-}
-
-/// Polls the summary until it counts `requests`, and returns it.
-async fn summary_reaching(client: &mut Telemetry, requests: u64) -> pb::Summary {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let s = summary(client).await;
-        if s.requests >= requests || tokio::time::Instant::now() > deadline {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        .iter()
+        .map(|response| response.cost_usd)
+        .sum()
 }
 
 fn assert_cost(seen: f64, sent: f64) {
@@ -193,7 +42,7 @@ async fn requests_through_two_nodes_reach_the_summary_and_a_subscriber_with_thei
     let fake = FakeProvider::start().await.unwrap();
     fake.reply(Reply::Text("Four.".into()));
     let plane = TestPlane::embedded().await;
-    let (caller, viewer) = seed(&plane, &fake).await;
+    let aios_tests::telemetry::Keys { caller, viewer } = seed(&plane, &fake).await;
     let dir = tempfile::tempdir().unwrap();
     let (east, west) = (
         node(&plane.url(), "node-east", dir.path()).await,
@@ -298,7 +147,7 @@ async fn a_control_plane_restart_loses_no_span_and_counts_none_twice() {
     let store_dir = tempfile::tempdir().unwrap();
     let plane = TestPlane::embedded_at(store_dir.path()).await;
     let (addr, url) = (plane.addr(), plane.url());
-    let (caller, viewer) = seed(&plane, &fake).await;
+    let aios_tests::telemetry::Keys { caller, viewer } = seed(&plane, &fake).await;
     let dir = tempfile::tempdir().unwrap();
     let (east, west) = (
         node(&url, "node-east", dir.path()).await,
@@ -355,7 +204,7 @@ async fn alert_rules_from_config_fire_and_resolve_on_a_subscription_without_a_re
     let fake = FakeProvider::start().await.unwrap();
     fake.reply(Reply::Text("Four.".into()));
     let plane = TestPlane::embedded().await;
-    let (caller, viewer) = seed(&plane, &fake).await;
+    let aios_tests::telemetry::Keys { caller, viewer } = seed(&plane, &fake).await;
     let dir = tempfile::tempdir().unwrap();
     let east = node(&plane.url(), "node-east", dir.path()).await;
     ready(&east).await;
@@ -363,6 +212,14 @@ async fn alert_rules_from_config_fire_and_resolve_on_a_subscription_without_a_re
         .await
         .unwrap();
     let mut admin = AdminServiceClient::new(channel);
+    let mut apply = async |resource: pb::Resource| {
+        admin
+            .apply(pb::ApplyRequest {
+                resource: Some(resource),
+                dry_run: false,
+            })
+            .await
+    };
 
     // A bad rule is refused field by field.
     let mut bad = alert_rule("acme", "errors", pb::AlertMetric::ErrorRate, 5.0);
@@ -372,13 +229,7 @@ async fn alert_rules_from_config_fire_and_resolve_on_a_subscription_without_a_re
             nanos: 0,
         });
     }
-    let status = admin
-        .apply(pb::ApplyRequest {
-            resource: Some(bad),
-            dry_run: false,
-        })
-        .await
-        .unwrap_err();
+    let status = apply(bad).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     let fields: Vec<String> = status
         .get_details_bad_request()
@@ -407,7 +258,7 @@ async fn alert_rules_from_config_fire_and_resolve_on_a_subscription_without_a_re
         }
         rule
     };
-    apply(&mut admin, rule(0.05)).await;
+    apply(rule(0.05)).await.unwrap();
     let mut client = telemetry(&plane.url(), &viewer).await;
     let mut stream = client
         .subscribe(pb::SubscribeRequest {
@@ -448,7 +299,7 @@ async fn alert_rules_from_config_fire_and_resolve_on_a_subscription_without_a_re
 
     // The rule changes with an Apply, no restart: at 100% it no longer
     // holds, and the alert resolves at the next evaluation.
-    apply(&mut admin, rule(1.0)).await;
+    apply(rule(1.0)).await.unwrap();
     let resolved = next_alert(&mut stream).await;
     assert_eq!(
         (resolved.rule.as_str(), resolved.state()),
@@ -457,7 +308,9 @@ async fn alert_rules_from_config_fire_and_resolve_on_a_subscription_without_a_re
     );
 
     // Alert rules are the control plane's: the node never receives one.
-    apply(&mut admin, api_key("acme", "later", pb::Role::Viewer)).await;
+    apply(api_key("acme", "later", pb::Role::Viewer))
+        .await
+        .unwrap();
     let mut changes = east.node_config().subscribe();
     let later = ResourceKey::new(Kind::ApiKey, "acme", "later");
     tokio::time::timeout(WAIT, changes.wait_for(|c| c.get(&later).is_some()))

@@ -12,6 +12,8 @@ mod linediff;
 mod output;
 mod resources;
 mod status;
+mod top;
+mod traces;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -29,7 +31,7 @@ const DEFAULT_DATA_PLANE: &str = "http://127.0.0.1:7080";
 #[command(
     name = "aiosctl",
     version,
-    about = "Operate aios: resources, the audit log, the fleet of nodes, status, and a local dev environment."
+    about = "Operate aios: resources, the audit log, the fleet of nodes, traffic and traces, status, and a local dev environment."
 )]
 struct Cli {
     /// Control-plane gRPC endpoint.
@@ -88,6 +90,10 @@ enum Command {
     Audit(audit::Args),
     /// Show data-plane nodes: `fleet ls`, `fleet describe NODE` (what it runs, what it rejected).
     Fleet(fleet::Args),
+    /// Show recent traces: `traces get TRACE_ID` (a tree of spans, or -o json to export).
+    Traces(traces::Args),
+    /// Watch the traffic live, like `top`: rollups every second, busiest agents (models, nodes…) first.
+    Top(top::Args),
 }
 
 /// Global options every command gets.
@@ -121,6 +127,8 @@ async fn main() {
         Command::Diff(args) => diff::run(&globals, args).await,
         Command::Audit(args) => audit::run(&globals, args).await,
         Command::Fleet(args) => fleet::run(&globals, args).await,
+        Command::Traces(args) => traces::run(&globals, args).await,
+        Command::Top(args) => top::run(&globals, args).await,
     };
     match code {
         Ok(code) => std::process::exit(code),
