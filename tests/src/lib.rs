@@ -28,6 +28,20 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// The fields an INVALID_ARGUMENT status names in its `BadRequest` details,
+/// in order. Panics (a test failure) when the details are missing.
+#[allow(clippy::expect_used)] // a test helper: missing details fail the test
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .expect("the status carries BadRequest details")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

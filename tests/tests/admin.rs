@@ -325,13 +325,7 @@ async fn invalid_stale_and_oversized_writes_fail_cleanly_and_write_nothing() {
     }
     let status = apply(&mut c, bad).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let fields: Vec<String> = status
-        .get_details_bad_request()
-        .unwrap()
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
+    let fields = aios_tests::violated_fields(&status);
     assert!(
         fields.iter().any(|f| f.ends_with("limit_usd"))
             && fields.iter().any(|f| f.ends_with("window")),
@@ -467,13 +461,7 @@ async fn batches_are_all_or_nothing_and_may_reference_each_other() {
     };
     let status = c.batch_apply(request).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    let fields: Vec<String> = status
-        .get_details_bad_request()
-        .unwrap()
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
+    let fields = aios_tests::violated_fields(&status);
     assert!(
         fields.iter().all(|f| f.starts_with("resources[1].")),
         "{fields:?}"

@@ -15,7 +15,6 @@ use aios_tests::{
     fleet::{SimNode, changes, hello},
 };
 use tonic::Code;
-use tonic_types::StatusExt;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -120,13 +119,7 @@ async fn only_node_credentials_open_a_stream_and_a_bad_hello_names_its_fields() 
         .await
         .unwrap_err();
     assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
-    let fields: Vec<String> = bad
-        .get_details_bad_request()
-        .unwrap()
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
+    let fields = aios_tests::violated_fields(&bad);
     assert_eq!(fields, ["hello.node_id", "hello.region"]);
 
     // A NODE key of the system tenant works.

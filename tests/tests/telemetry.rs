@@ -18,7 +18,6 @@ use aios_tests::{
     fake_provider::{FakeProvider, Reply},
     telemetry::{WAIT, node, ready, seed, send, summary, summary_reaching, telemetry},
 };
-use tonic_types::StatusExt;
 
 /// Sends `count` requests to `node` and returns the sum of their costs.
 async fn ask(node: &DataPlane, key: &str, count: usize) -> f64 {
@@ -231,13 +230,7 @@ async fn alert_rules_from_config_fire_and_resolve_on_a_subscription_without_a_re
     }
     let status = apply(bad).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-    let fields: Vec<String> = status
-        .get_details_bad_request()
-        .unwrap()
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
+    let fields = aios_tests::violated_fields(&status);
     assert!(
         fields.iter().any(|f| f.ends_with("alert_rule.threshold"))
             && fields.iter().any(|f| f.ends_with("alert_rule.window")),
