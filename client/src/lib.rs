@@ -9,10 +9,14 @@
 //! (with their `google.rpc` details) as one line. [`FleetClient`] wraps
 //! the operator side of `FleetService`: the nodes and what each runs.
 //! [`TelemetryClient`] reads `TelemetryService`: traces, summaries and the
-//! live rollup stream. With the `manifest` feature, [`manifest`] reads and writes resources as YAML
+//! live rollup stream. [`ApprovalClient`] lists, decides and watches
+//! approvals. [`BudgetClient`] reads `BudgetService`: spend
+//! against each budget's current window. With the `manifest` feature, [`manifest`] reads and writes resources as YAML
 //! or JSON documents (the proto3 JSON mapping of `aios.v1.Resource`).
 
 pub mod admin;
+pub mod approvals;
+pub mod budget;
 pub mod fleet;
 pub mod kind;
 #[cfg(feature = "manifest")]
@@ -37,6 +41,8 @@ use tonic_reflection::pb::v1::{
 };
 
 pub use admin::{AdminClient, describe_status};
+pub use approvals::ApprovalClient;
+pub use budget::BudgetClient;
 pub use fleet::FleetClient;
 pub use telemetry::TelemetryClient;
 

@@ -4,8 +4,7 @@
 //!
 //! The contract is complete from the start so that clients in any language
 //! can be generated and discover every service by reflection. RPCs whose
-//! subsystem has not landed yet answer UNIMPLEMENTED (generated default):
-//! BudgetService and ApprovalService with budgets and approvals.
+//! subsystem has not landed yet answer UNIMPLEMENTED (generated default).
 
 use std::time::SystemTime;
 
@@ -25,7 +24,9 @@ use tonic::{Request, Response, Status, Streaming, codegen::BoxStream, service::R
 
 use crate::{
     admin::{Admin, AdminError, Applied, AuditFilter, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE},
+    approvals::{ApprovalError, Approvals, ListFilter as ApprovalFilter},
     auth::{self, Access, Principal},
+    budget::{BudgetError, Budgets},
     fleet::Fleet,
     store::SharedStore,
     telemetry::{self, Telemetry, TelemetryError, TimeRange},
@@ -428,29 +429,197 @@ impl TelemetryService for TelemetryApi {
     }
 }
 
-/// Human approvals for dangerous actions.
-#[derive(Debug, Default)]
-pub struct ApprovalApi;
+/// Human approvals for dangerous actions: approvers list, read, decide
+/// and watch them; nodes request and claim them.
+#[derive(Debug, Clone)]
+pub struct ApprovalApi {
+    store: SharedStore,
+    approvals: Approvals,
+}
+
+impl ApprovalApi {
+    /// Serves `approvals`, authenticating callers against `store`.
+    pub fn new(store: SharedStore, approvals: Approvals) -> Self {
+        Self { store, approvals }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, ApprovalError> {
+        Ok(auth::authenticate(self.store.as_ref(), request.metadata()).await?)
+    }
+}
 
 #[tonic::async_trait]
-impl ApprovalService for ApprovalApi {}
+impl ApprovalService for ApprovalApi {
+    async fn list(
+        &self,
+        request: Request<pb::ListApprovalsRequest>,
+    ) -> Result<Response<pb::ListApprovalsResponse>, Status> {
+        let who = self.caller(&request).await?;
+        let request = request.into_inner();
+        let mut states = Vec::with_capacity(request.states.len());
+        for (i, value) in request.states.iter().enumerate() {
+            match pb::ApprovalState::try_from(*value) {
+                Ok(pb::ApprovalState::Unspecified) | Err(_) => {
+                    return Err(invalid(&format!("states[{i}]"), "not an approval state"));
+                }
+                Ok(state) => states.push(state),
+            }
+        }
+        let filter = ApprovalFilter {
+            tenant: request.tenant,
+            states,
+            agent: request.agent,
+        };
+        let (approvals, next_page_token) = self
+            .approvals
+            .list(
+                &who,
+                &filter,
+                page_size(request.page_size)?,
+                &request.page_token,
+            )
+            .await?;
+        Ok(Response::new(pb::ListApprovalsResponse {
+            approvals,
+            next_page_token,
+        }))
+    }
 
-/// Budget status.
-#[derive(Debug, Default)]
-pub struct BudgetApi;
+    async fn get(
+        &self,
+        request: Request<pb::GetApprovalRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        let who = self.caller(&request).await?;
+        let request = request.into_inner();
+        Ok(Response::new(
+            self.approvals
+                .get(&who, &request.tenant, &request.id)
+                .await?,
+        ))
+    }
+
+    async fn decide(
+        &self,
+        request: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        let who = self.caller(&request).await?;
+        let request = request.into_inner();
+        let verdict = pb::Verdict::try_from(request.verdict).unwrap_or(pb::Verdict::Unspecified);
+        Ok(Response::new(
+            self.approvals
+                .decide(
+                    &who,
+                    &request.tenant,
+                    &request.id,
+                    verdict,
+                    &request.comment,
+                )
+                .await?,
+        ))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchApprovalsRequest>,
+    ) -> Result<Response<BoxStream<pb::ApprovalEvent>>, Status> {
+        let who = self.caller(&request).await?;
+        let request = request.into_inner();
+        let scope = self.approvals.watch_scope(&who, &request.tenant)?;
+        let events = self
+            .approvals
+            .board()
+            .watch(scope, request.include_decided)
+            .map(|approval| {
+                Ok(pb::ApprovalEvent {
+                    approval: Some(approval),
+                })
+            });
+        Ok(Response::new(events.boxed()))
+    }
+
+    async fn request(
+        &self,
+        request: Request<pb::RequestApprovalRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        let who = self.caller(&request).await?;
+        Ok(Response::new(
+            self.approvals.request(&who, request.into_inner()).await?,
+        ))
+    }
+
+    async fn claim(
+        &self,
+        request: Request<pb::ClaimApprovalRequest>,
+    ) -> Result<Response<pb::Approval>, Status> {
+        let who = self.caller(&request).await?;
+        Ok(Response::new(
+            self.approvals.claim(&who, request.into_inner()).await?,
+        ))
+    }
+}
+
+/// Budget status for operators, allowances for nodes.
+#[derive(Debug, Clone)]
+pub struct BudgetApi {
+    store: SharedStore,
+    budgets: Budgets,
+}
+
+impl BudgetApi {
+    /// Serves `budgets`, authenticating callers against `store`.
+    pub fn new(store: SharedStore, budgets: Budgets) -> Self {
+        Self { store, budgets }
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, BudgetError> {
+        Ok(auth::authenticate(self.store.as_ref(), request.metadata()).await?)
+    }
+}
 
 #[tonic::async_trait]
-impl BudgetService for BudgetApi {}
+impl BudgetService for BudgetApi {
+    async fn get_status(
+        &self,
+        request: Request<pb::GetBudgetStatusRequest>,
+    ) -> Result<Response<pb::GetBudgetStatusResponse>, Status> {
+        let who = self.caller(&request).await?;
+        who.authorize(Access::Read).map_err(BudgetError::from)?;
+        let request = request.into_inner();
+        let scope = who.scope(&request.tenant).map_err(BudgetError::from)?;
+        let statuses = self.budgets.status(&scope, &request.budget).await?;
+        Ok(Response::new(pb::GetBudgetStatusResponse { statuses }))
+    }
+
+    async fn allowances(
+        &self,
+        request: Request<pb::AllowancesRequest>,
+    ) -> Result<Response<pb::AllowancesResponse>, Status> {
+        let who = self.caller(&request).await?;
+        who.authorize_node().map_err(BudgetError::from)?;
+        let grants = self.budgets.allowances(request.into_inner()).await?;
+        Ok(Response::new(pb::AllowancesResponse { grants }))
+    }
+}
 
 /// Every control-plane service, ready to serve. The order matches
 /// [`aios_proto::CONTROL_PLANE_SERVICES`].
-pub fn routes(admin: Admin, fleet: Fleet, telemetry: Telemetry) -> Routes {
+pub fn routes(
+    admin: Admin,
+    fleet: Fleet,
+    telemetry: Telemetry,
+    budgets: Budgets,
+    approvals: Approvals,
+) -> Routes {
     let store = admin.store().clone();
     Routes::new(AdminServiceServer::new(AdminApi::new(admin)))
         .add_service(FleetServiceServer::new(FleetApi::new(store.clone(), fleet)))
         .add_service(TelemetryServiceServer::new(TelemetryApi::new(
-            store, telemetry,
+            store.clone(),
+            telemetry,
         )))
-        .add_service(ApprovalServiceServer::new(ApprovalApi))
-        .add_service(BudgetServiceServer::new(BudgetApi))
+        .add_service(ApprovalServiceServer::new(ApprovalApi::new(
+            store.clone(),
+            approvals,
+        )))
+        .add_service(BudgetServiceServer::new(BudgetApi::new(store, budgets)))
 }

@@ -58,6 +58,10 @@ pub struct Cli {
     /// its rollups from what is kept), e.g. `2h`; 1m to 7 days.
     #[arg(long, env = "AIOS_TELEMETRY_RETENTION", value_name = "DURATION", value_parser = aios_runtime::config::parse_duration)]
     pub telemetry_retention: Option<Duration>,
+    /// How long a node's budget allowance lives unless renewed, e.g. `15s`
+    /// (2s-10m). What a crashed node held comes back after this long.
+    #[arg(long, env = "AIOS_BUDGET_ALLOWANCE_TTL", value_name = "DURATION", value_parser = aios_runtime::config::parse_duration)]
+    pub budget_allowance_ttl: Option<Duration>,
     /// Export every span to this OpenTelemetry collector (OTLP/gRPC), e.g.
     /// `http://otel-collector:4317`. Unset = no export.
     #[arg(long, env = "AIOS_OTLP_ENDPOINT", value_name = "URL")]
@@ -115,6 +119,11 @@ struct FileConfig {
         deserialize_with = "aios_runtime::config::deserialize_duration"
     )]
     telemetry_retention: Option<Duration>,
+    #[serde(
+        default,
+        deserialize_with = "aios_runtime::config::deserialize_duration"
+    )]
+    budget_allowance_ttl: Option<Duration>,
     otlp_endpoint: Option<String>,
     otlp_headers: Option<Vec<String>>,
     etcd_ca_file: Option<PathBuf>,
@@ -148,6 +157,8 @@ pub struct Config {
     pub replica_id: String,
     /// How long span batches stay in the store.
     pub telemetry_retention: Duration,
+    /// How long a budget allowance lives unless renewed.
+    pub budget_allowance_ttl: Duration,
     /// Where spans are exported over OTLP; `None` = nowhere.
     pub otlp: Option<OtlpSettings>,
     /// Logging and shutdown.
@@ -192,6 +203,9 @@ impl Config {
             telemetry_retention: telemetry_retention(
                 cli.telemetry_retention.or(file.telemetry_retention),
             )?,
+            budget_allowance_ttl: allowance_ttl(
+                cli.budget_allowance_ttl.or(file.budget_allowance_ttl),
+            )?,
             otlp: otlp(
                 cli.otlp_endpoint.or(file.otlp_endpoint),
                 match cli.otlp_headers.is_empty() {
@@ -215,6 +229,7 @@ impl Config {
             bootstrap_admin_key: None,
             replica_id: default_replica_id(),
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
+            budget_allowance_ttl: crate::budget::DEFAULT_ALLOWANCE_TTL,
             otlp: None,
             process: ProcessConfig::default(),
         }
@@ -248,6 +263,19 @@ fn telemetry_retention(value: Option<Duration>) -> Result<Duration, ConfigError>
         ));
     }
     Ok(retention)
+}
+
+/// The budget allowance TTL: 2 s to 10 min.
+fn allowance_ttl(value: Option<Duration>) -> Result<Duration, ConfigError> {
+    let ttl = value.unwrap_or(crate::budget::DEFAULT_ALLOWANCE_TTL);
+    if ttl < Duration::from_secs(2) || ttl > Duration::from_secs(600) {
+        return Err(ConfigError::invalid(
+            "--budget-allowance-ttl",
+            format!("{}s", ttl.as_secs_f64()),
+            "must be between 2s and 10m",
+        ));
+    }
+    Ok(ttl)
 }
 
 /// The OTLP export settings: a gRPC URL and `key=value` headers with

@@ -14,11 +14,19 @@ pub const LEADER: &str = "/aios/v1/leader";
 /// Prefix of fleet membership records, one per node: `/aios/v1/nodes/{node_id}`.
 pub const NODES: &str = "/aios/v1/nodes/";
 /// Prefix of telemetry acknowledgements:
+/// Prefix of budget ledgers:
+/// `/aios/v1/budgets/ledger/{tenant}/{budget}/{window start:020}/{subject}`.
+pub const BUDGET_LEDGERS: &str = "/aios/v1/budgets/ledger/";
+
 /// `/aios/v1/telemetry/acked/{node}/{incarnation}` → highest sequence taken.
 pub const TELEMETRY_ACKED: &str = "/aios/v1/telemetry/acked/";
 /// Prefix of stored span batches:
 /// `/aios/v1/telemetry/batches/{unix_minute:012}/{node}/{incarnation}/{seq:020}[-{part:03}]`.
 pub const TELEMETRY_BATCHES: &str = "/aios/v1/telemetry/batches/";
+/// Prefix of approvals: `/aios/v1/approvals/{tenant}/{id}` → the encoded `Approval`.
+pub const APPROVALS: &str = "/aios/v1/approvals/";
+/// Prefix of the approval id index: `/aios/v1/approval-ids/{id}` → its tenant.
+pub const APPROVAL_IDS: &str = "/aios/v1/approval-ids/";
 /// Tenant segment used for Tenant objects themselves (not a valid name, so no clash).
 pub const NO_TENANT: &str = "-";
 
@@ -83,6 +91,21 @@ pub fn audit_root() -> String {
 /// An audit event key: ordered by time, unique by `id`.
 pub fn audit(tenant: &str, unix_nanos: u128, id: &str) -> String {
     format!("{}{unix_nanos:020}-{id}", audit_prefix(tenant))
+}
+
+/// `/aios/v1/approvals/{tenant}/{id}`: one approval.
+pub fn approval(tenant: &str, id: &str) -> String {
+    format!("{APPROVALS}{tenant}/{id}")
+}
+
+/// Every approval of `tenant`.
+pub fn approvals_of(tenant: &str) -> String {
+    format!("{APPROVALS}{tenant}/")
+}
+
+/// `/aios/v1/approval-ids/{id}`: which tenant holds approval `id`.
+pub fn approval_id(id: &str) -> String {
+    format!("{APPROVAL_IDS}{id}")
 }
 
 /// `/aios/v1/telemetry/acked/{node}/{incarnation}`: the highest sequence

@@ -9,7 +9,9 @@
 
 pub mod admin;
 pub mod api;
+pub mod approvals;
 pub mod auth;
+pub mod budget;
 pub mod config;
 pub mod fleet;
 pub mod keys;
@@ -92,6 +94,11 @@ impl ControlPlane {
                 .map_err(|e| store_error(&config.store, e))?;
         background_tasks.push(telemetry_task);
         background_tasks.push(telemetry.evaluate_alerts(fleet.cache().subscribe()));
+        let (approvals, approval_tasks) =
+            approvals::Approvals::start(store.clone(), background.clone())
+                .await
+                .map_err(|e| store_error(&config.store, e))?;
+        background_tasks.extend(approval_tasks);
         // Checked before serving starts, so the "serving" log line and the
         // first health answer already reflect the store.
         let store_ok = store_answers(&store).await;
@@ -103,6 +110,12 @@ impl ControlPlane {
                 admin::Admin::new(store.clone()),
                 fleet.clone(),
                 telemetry.clone(),
+                budget::Budgets::new(
+                    store.clone(),
+                    fleet.cache().clone(),
+                    config.budget_allowance_ttl,
+                ),
+                approvals,
             ),
             services: aios_proto::CONTROL_PLANE_SERVICES,
             gates: vec![(GATE_STORE, store_ok)],

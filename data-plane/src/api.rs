@@ -15,6 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, codegen::BoxStream, service::Routes};
 
 use crate::{
+    approvals::{ApprovalAsk, Approvals, Gated},
     backend::{ChatMessage, Role, ToolCall},
     pipeline::{
         Event, ExecError, ExecRequest, Input, Outcome, Params, Pipeline,
@@ -33,6 +34,8 @@ const MAX_STOP: usize = 4;
 #[derive(Debug, Clone)]
 pub struct AgentApi {
     pipeline: Pipeline,
+    /// HIGH and CRITICAL requests pass the approval gate.
+    approvals: Approvals,
 }
 
 #[tonic::async_trait]
@@ -45,12 +48,13 @@ impl AgentService for AgentApi {
         let timeout = grpc_timeout(request.metadata());
         let (mut metadata, _, request) = request.into_parts();
         let trace = TraceContext::join_metadata(&mut metadata);
+        let ask = approval_ask(&request);
         let request = exec_request(request)?;
-        let outcome = self
-            .pipeline
-            .execute_traced(trace, metadata, request, timeout, None)
+        let gated = self
+            .approvals
+            .execute(&self.pipeline, trace, metadata, request, ask, timeout, None)
             .await?;
-        let mut body = response(outcome);
+        let mut body = gated_response(gated);
         body.latency = Some(duration(received.elapsed()));
         body.trace_id = trace.trace_id_hex();
         let mut response = Response::new(body);
@@ -67,12 +71,22 @@ impl AgentService for AgentApi {
         let (mut metadata, _, request) = request.into_parts();
         let trace = TraceContext::join_metadata(&mut metadata);
         let trace_id = trace.trace_id_hex();
+        let ask = approval_ask(&request);
         let request = exec_request(request)?;
         let (events_tx, mut events_rx) = mpsc::channel::<Event>(64);
         let (out_tx, out_rx) = mpsc::channel::<Result<pb::ExecuteEvent, Status>>(64);
         let pipeline = self.pipeline.clone();
+        let approvals = self.approvals.clone();
         tokio::spawn(async move {
-            let run = pipeline.execute_traced(trace, metadata, request, timeout, Some(events_tx));
+            let run = approvals.execute(
+                &pipeline,
+                trace,
+                metadata,
+                request,
+                ask,
+                timeout,
+                Some(events_tx),
+            );
             tokio::pin!(run);
             let result = loop {
                 tokio::select! {
@@ -88,8 +102,8 @@ impl AgentService for AgentApi {
             while let Ok(event) = events_rx.try_recv() {
                 let _ = out_tx.send(Ok(event_message(event))).await;
             }
-            let last = result.map(|outcome| {
-                let mut done = response(outcome);
+            let last = result.map(|gated| {
+                let mut done = gated_response(gated);
                 done.latency = Some(duration(received.elapsed()));
                 done.trace_id = trace_id;
                 pb::ExecuteEvent {
@@ -142,8 +156,11 @@ impl AgentService for AgentApi {
 }
 
 /// Every data-plane gRPC service, ready to serve.
-pub fn routes(pipeline: Pipeline) -> Routes {
-    Routes::new(AgentServiceServer::new(AgentApi { pipeline }))
+pub fn routes(pipeline: Pipeline, approvals: Approvals) -> Routes {
+    Routes::new(AgentServiceServer::new(AgentApi {
+        pipeline,
+        approvals,
+    }))
 }
 
 /// The caller's deadline from `grpc-timeout` (`<digits><H|M|S|m|u|n>`).
@@ -173,10 +190,10 @@ fn exec_request(request: pb::ExecuteRequest) -> Result<ExecRequest, ExecError> {
     if request.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
         violation("idempotency_key", "at most 128 bytes");
     }
-    if !request.approval_id.is_empty() {
+    if !request.approval_id.is_empty() && !valid_approval_id(&request.approval_id) {
         violation(
             "approval_id",
-            "approvals are not available on this node yet",
+            "not an approval id (apr_ and 32 lowercase hex characters)",
         );
     }
     let input = match request.input {
@@ -291,7 +308,62 @@ fn exec_request(request: pb::ExecuteRequest) -> Result<ExecRequest, ExecError> {
     }
 }
 
+/// What the request says about approvals.
+fn approval_ask(request: &pb::ExecuteRequest) -> ApprovalAsk {
+    ApprovalAsk {
+        approval_id: request.approval_id.clone(),
+        wait: request.wait_for_approval,
+    }
+}
+
+/// Approval ids are `apr_` and 32 lowercase hex characters.
+fn valid_approval_id(id: &str) -> bool {
+    id.strip_prefix("apr_").is_some_and(|hex| {
+        hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
 // === response ===
+
+/// The response to a request that passed the approval gate.
+fn gated_response(gated: Gated) -> pb::ExecuteResponse {
+    let refused = |status: pb::ExecutionStatus, approval_id: String, reason: &str, message| {
+        pb::ExecuteResponse {
+            status: status as i32,
+            approval_id,
+            error: Some(pb::ExecutionError {
+                reason: reason.to_string(),
+                message,
+            }),
+            usage: Some(pb::Usage::default()),
+            ..Default::default()
+        }
+    };
+    match gated {
+        Gated::Ran {
+            outcome,
+            approval_id,
+        } => {
+            let mut body = response(*outcome);
+            body.approval_id = approval_id.unwrap_or_default();
+            body
+        }
+        Gated::Pending {
+            approval_id,
+            message,
+        } => refused(
+            pb::ExecutionStatus::PendingApproval,
+            approval_id,
+            "APPROVAL_PENDING",
+            message,
+        ),
+        Gated::Rejected {
+            approval_id,
+            reason,
+            message,
+        } => refused(pb::ExecutionStatus::Rejected, approval_id, reason, message),
+    }
+}
 
 fn usage(usage: crate::backend::Usage) -> pb::Usage {
     pb::Usage {
@@ -355,7 +427,7 @@ fn response(outcome: Outcome) -> pb::ExecuteResponse {
             complexity: r.complexity.to_proto() as i32,
             explanation: r.explanation,
             failed_models: r.failed_models,
-            degraded: false,
+            degraded: r.degraded,
             baseline_cost_usd: r.baseline_cost.map(|b| b.to_f64()),
             savings_usd: savings.map(|s| s.to_f64()),
         }
@@ -449,5 +521,23 @@ mod tests {
         assert!(exec_request(request("")).is_ok(), "empty means {{}}");
         assert!(exec_request(request("{\"q\": 1}")).is_ok());
         assert!(exec_request(request("[1]")).is_err());
+    }
+
+    #[test]
+    fn approval_ids_are_checked_at_the_edge() {
+        let request = |id: &str| pb::ExecuteRequest {
+            agent: "bot".into(),
+            approval_id: id.into(),
+            input: Some(pb::execute_request::Input::Action(pb::ActionCall {
+                action: "pay".into(),
+                arguments_json: "{}".into(),
+            })),
+            ..Default::default()
+        };
+        assert!(exec_request(request("apr_0123456789abcdef0123456789abcdef")).is_ok());
+        let Err(ExecError::Invalid(fields)) = exec_request(request("apr_../x")) else {
+            panic!("a malformed id is refused");
+        };
+        assert_eq!(fields[0].0, "approval_id");
     }
 }

@@ -9,7 +9,9 @@
 //! [`fleet`] agent streams from the control plane ([`DataPlane::node_config`]).
 
 pub mod api;
+pub mod approvals;
 pub mod backend;
+pub mod budget;
 pub mod config;
 pub mod fleet;
 pub mod guardrails;
@@ -127,13 +129,20 @@ impl DataPlane {
             spans: settings.spans.or(Some(spans)),
             ..settings
         };
+        // Budgets: allowances leased from the control plane.
+        let purse = settings.purse.clone();
+        // HIGH and CRITICAL requests ask the control plane for approval.
+        let approvals = approvals::Approvals::new(
+            approvals::ApprovalClient::new(&config.control_plane, config.node_key.clone()),
+            catalog.clone(),
+        );
         let pipeline = pipeline::Pipeline::new(catalog, backends, settings);
         let http_router = openai::router(pipeline.clone());
         let server = Running::start(ServerSpec {
             plane: PLANE,
             grpc,
             admin,
-            routes: api::routes(pipeline),
+            routes: api::routes(pipeline, approvals),
             services: aios_proto::DATA_PLANE_SERVICES,
             gates: vec![(GATE_CONFIG, has_config)],
             http: Some((http, http_router)),
@@ -153,6 +162,15 @@ impl DataPlane {
         let reporter_stop = CancellationToken::new();
         let mut reporters = JoinSet::new();
         reporters.spawn(reporter.run(reporter_stop.clone()));
+        reporters.spawn(budget::reporter::run(
+            purse,
+            budget::reporter::ReporterSettings {
+                urls: config.control_plane.clone(),
+                node_key: config.node_key.clone(),
+                node_id: node.node_id.clone(),
+            },
+            reporter_stop.clone(),
+        ));
         Ok(Self {
             server,
             node_config,

@@ -46,7 +46,7 @@ pub use spec::{
     DEFAULT_MODEL_TIMEOUT, DEFAULT_TOOL_TIMEOUT, GuardrailAction, InputGuardrails,
     MAX_ALERT_WINDOW, MAX_APPROVAL_TIMEOUT, Model, ModelProvider, OnExceed, OnTimeout,
     OutputGuardrails, PiiKind, Policy, RateLimit, RouteTier, RoutingTable, Spec, Tenant, Threshold,
-    Tool, WeightedTarget,
+    Tool, WeightedTarget, Window,
 };
 pub use usd::{MICROS_PER_USD, Usd, UsdError};
 pub use violation::{FieldViolation, Invalid};

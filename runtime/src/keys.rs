@@ -32,6 +32,12 @@ pub fn hash_secret(secret: &str) -> String {
     text
 }
 
+/// SHA-256 of an approval's `arguments_json` (its UTF-8 bytes): the digest
+/// an approval is bound to. Both planes compute it here, so they agree.
+pub fn arguments_sha256(arguments_json: &str) -> [u8; 32] {
+    Sha256::digest(arguments_json.as_bytes()).into()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -44,6 +50,15 @@ mod tests {
             hash_secret("abc"),
             "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn argument_digests_are_sha256_of_the_bytes() {
+        assert_eq!(
+            crate::hex::encode(&arguments_sha256("abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_ne!(arguments_sha256("{}"), arguments_sha256("{ }"));
     }
 
     #[test]

@@ -39,6 +39,22 @@ impl TestPlane {
         Self::start_on(StoreUrl::Embedded(dir.join("cp.db")), dir, Some(addr)).await
     }
 
+    /// With a fresh embedded store, the config changed by `adjust` first.
+    pub async fn embedded_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::local(dir.path());
+        config.store = StoreUrl::Embedded(dir.path().join("cp.db"));
+        config.bootstrap_admin_key = Some(Secret::new(ADMIN_KEY.into()).expect("valid key"));
+        adjust(&mut config);
+        let plane = ControlPlane::start(&config)
+            .await
+            .expect("control plane starts");
+        Self {
+            plane,
+            _dir: Some(dir),
+        }
+    }
+
     /// On an etcd cluster.
     pub async fn etcd(endpoints: Vec<String>) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -531,6 +531,17 @@ fn error_body(e: &ExecError) -> (StatusCode, ErrorBody<'static>) {
             "rate_limit_error",
             "rate_limit_exceeded",
         ),
+        // OpenAI's own answer to a spent quota.
+        ExecError::BudgetExhausted { .. } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "insufficient_quota",
+            "insufficient_quota",
+        ),
+        ExecError::FailedPrecondition { .. } => (
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "failed_precondition",
+        ),
         ExecError::Unavailable(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",

@@ -45,7 +45,7 @@ use futures::{StreamExt, future::BoxFuture};
 use tokio::time::Instant;
 use tower::Service;
 
-use self::model::{candidates, failure, forward, redact, redacted};
+use self::model::{affordable_output, call_bounds, candidates, failure, forward, redact, redacted};
 use super::{
     backends::Backends,
     call::{Call, Event, Input, Outcome, RouteInfo, Status, Step, StepKind},
@@ -291,14 +291,46 @@ impl Conversation<'_> {
             })
             .collect();
         let max_steps = usize::try_from(agent.max_steps.get()).unwrap_or(usize::MAX);
+        let max_tokens = request.max_tokens;
         let mut tools_ran = false;
         loop {
             let index = step_index(outcome.steps.len());
             let started = Instant::now();
+            // Budgets: reserve this call's worst case (or what is left, with
+            // the output capped to what it pays for) before it runs.
+            request.max_tokens = max_tokens;
+            let grant = match &call.budget {
+                None => None,
+                Some(hold) => {
+                    let (bound, min) = call_bounds(&candidates, &request);
+                    match hold.reserve(bound, min, self.deadline).await {
+                        Ok(grant) => {
+                            if grant.amount < bound.micros() {
+                                let amount = aios_model::Usd::from_micros(grant.amount);
+                                request.max_tokens =
+                                    Some(affordable_output(&candidates, &request, amount));
+                            }
+                            Some((hold, grant))
+                        }
+                        Err(error) if !tools_ran => return Err(error),
+                        Err(error) => {
+                            outcome.status = Status::Failed;
+                            outcome.error = Some((
+                                "BUDGET_EXHAUSTED".into(),
+                                format!("after tool calls: {error}"),
+                            ));
+                            return Ok(outcome);
+                        }
+                    }
+                }
+            };
             let (result, report) = self.model_call(&chain, &request, rules, index).await;
             let response = match result {
                 Ok(response) => response,
                 Err(error) => {
+                    if let Some((hold, grant)) = grant {
+                        hold.settle(grant, aios_model::Usd::ZERO);
+                    }
                     let model = report.tries.last().map(|t| t.model.clone());
                     outcome.steps.push(Step {
                         index,
@@ -342,6 +374,9 @@ impl Conversation<'_> {
                 .output_tokens
                 .saturating_add(usage.output_tokens);
             outcome.cost = outcome.cost.saturating_add(cost);
+            if let Some((hold, grant)) = grant {
+                hold.settle(grant, cost);
+            }
             outcome.route = self.route_info(&report, &served, model, outcome.usage);
             let step = Step {
                 index,
@@ -508,6 +543,7 @@ impl Conversation<'_> {
                 failed_models: report.failed_models(),
                 baseline_cost: table
                     .and_then(|table| router::savings(table, &models, model, usage).baseline),
+                degraded: call.degraded_to.is_some(),
             }
         })
     }

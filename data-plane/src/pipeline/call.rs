@@ -99,6 +99,12 @@ pub struct Call {
     pub caller: Option<Caller>,
     /// Set by policy.
     pub admitted: Option<super::policy::Admitted>,
+    /// Set by the budget stage: the money this request reserves and
+    /// spends (`None` = no budget counts it).
+    pub budget: Option<Arc<super::budget::Hold>>,
+    /// Set by the budget stage: a DEGRADE budget is spent, so routing uses
+    /// this cheaper table instead of the agent's.
+    pub degraded_to: Option<String>,
     /// Set by routing (conversations only).
     pub route: Option<Route>,
     /// Set by the cache on a miss, for storing the answer.
@@ -184,6 +190,8 @@ pub struct RouteInfo {
     pub failed_models: Vec<String>,
     /// What the baseline model would have cost; `None` without a baseline.
     pub baseline_cost: Option<Usd>,
+    /// A spent DEGRADE budget routed it through a cheaper table.
+    pub degraded: bool,
 }
 
 /// The result of a request that ran (or was refused by policy).

@@ -76,6 +76,19 @@ impl Catalog {
         self.resources.get(&kind)?.get(tenant)?.get(name)
     }
 
+    /// Every Budget of `tenant`, by name.
+    pub fn budgets(&self, tenant: &str) -> impl Iterator<Item = (&str, &spec::Budget)> {
+        self.resources
+            .get(&Kind::Budget)
+            .and_then(|tenants| tenants.get(tenant))
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, applied)| match &applied.validated.spec {
+                Spec::Budget(budget) => Some((name.as_str(), budget)),
+                _ => None,
+            })
+    }
+
     /// A tenant's settings.
     pub fn tenant(&self, name: &str) -> Option<&spec::Tenant> {
         match &self.get(Kind::Tenant, "", name)?.validated.spec {

@@ -8,7 +8,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, FieldViolation, QuotaViolation, StatusExt};
+use tonic_types::{ErrorDetails, FieldViolation, PreconditionViolation, QuotaViolation, StatusExt};
 
 /// The `google.rpc.ErrorInfo` domain of every aios error.
 pub const ERROR_DOMAIN: &str = "aios.dev";
@@ -47,6 +47,27 @@ pub enum ExecError {
         description: String,
         /// When a retry can succeed.
         retry_after: Duration,
+    },
+    /// A budget cannot cover the request (BLOCK budgets, and DEGRADE ones
+    /// whose cheaper route does not fit either).
+    #[error("budget exhausted: {description}")]
+    BudgetExhausted {
+        /// Which budget, e.g. `budget:acme/daily` or `budget:acme/per-user/u-42`.
+        subject: String,
+        /// What is left and why it is not enough.
+        description: String,
+    },
+    /// The request conflicts with the state of what it names (an approval
+    /// that is not approved, already executed, or bound to other arguments).
+    #[error("{message}")]
+    FailedPrecondition {
+        /// Stable UPPER_SNAKE reason, e.g. `BINDING_MISMATCH`.
+        reason: String,
+        /// What and why.
+        message: String,
+        /// (subject, why) for each violated condition, e.g. the fields that
+        /// differ from what was approved.
+        violations: Vec<(String, String)>,
     },
     /// No model could serve the request.
     #[error("{0}")]
@@ -113,6 +134,34 @@ impl From<ExecError> for Status {
                 )]);
                 details.set_retry_info(Some(retry_after));
                 Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
+            ExecError::BudgetExhausted {
+                subject,
+                description,
+            } => {
+                let mut details = ErrorDetails::with_quota_failure(vec![QuotaViolation::new(
+                    subject,
+                    description,
+                )]);
+                details.set_error_info("BUDGET_EXHAUSTED", ERROR_DOMAIN, HashMap::new());
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
+            ExecError::FailedPrecondition {
+                reason, violations, ..
+            } => {
+                let mut details =
+                    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
+                if !violations.is_empty() {
+                    details.set_precondition_failure(
+                        violations
+                            .into_iter()
+                            .map(|(subject, why)| {
+                                PreconditionViolation::new("APPROVAL", subject, why)
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                }
+                Status::with_error_details(Code::FailedPrecondition, message, details)
             }
             ExecError::Unavailable(_) => Status::unavailable(message),
             ExecError::DeadlineExceeded(_) => Status::deadline_exceeded(message),

@@ -11,6 +11,7 @@
 pub mod agent_loop;
 pub mod authn;
 pub mod backends;
+pub mod budget;
 pub mod cache;
 pub mod call;
 pub mod catalog;
@@ -69,6 +70,8 @@ pub struct Settings {
     pub local: Option<Arc<crate::local::LocalModels>>,
     /// Where requests' spans go. `None` = no spans.
     pub spans: Option<SpanSink>,
+    /// The node's budget allowances (see [`crate::budget`]).
+    pub purse: crate::budget::Purse,
 }
 
 impl Default for Settings {
@@ -87,6 +90,7 @@ impl Default for Settings {
             unauthenticated_tenant: None,
             local: None,
             spans: None,
+            purse: crate::budget::Purse::new(),
         }
     }
 }
@@ -127,6 +131,7 @@ impl Pipeline {
             rate_limit: stage::StageLayer(rate_limiter.clone()),
             guardrails: stage::StageLayer(Arc::new(guard::InputGuard)),
             policy: stage::StageLayer(Arc::new(policy::PolicyStage)),
+            budget: stage::StageLayer(Arc::new(budget::BudgetStage::new(settings.purse.clone()))),
             route: stage::StageLayer(Arc::new(route::RouteStage)),
             cache: stage::StageLayer(cache.clone()),
         };
@@ -195,6 +200,8 @@ impl Pipeline {
             caller_deadline: timeout.is_some(),
             caller: None,
             admitted: None,
+            budget: None,
+            degraded_to: None,
             route: None,
             cache_key: None,
             flags: Vec::new(),

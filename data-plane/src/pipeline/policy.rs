@@ -4,8 +4,16 @@
 //! Refusals by policy are results (`ExecutionStatus::BLOCKED` with a stable
 //! reason), not errors; only "no such agent" and "this key may not run that
 //! agent" are errors (NOT_FOUND, PERMISSION_DENIED).
+//!
+//! A HIGH or CRITICAL request runs only with a ticket: proof, issued by the
+//! approval gate (`crate::approvals`) after the control plane moved a
+//! matching approval to EXECUTED, that this very request was approved.
+//! Without one the stage ends the request as `APPROVAL_REQUIRED`, which the
+//! gate turns into an approval request.
 
-use aios_model::{Agent, Criticality, Policy};
+use std::time::Duration;
+
+use aios_model::{Agent, Criticality, Kind, OnTimeout, Policy};
 
 use super::{
     authn::Caller,
@@ -14,9 +22,12 @@ use super::{
     error::ExecError,
     stage::{Flow, Stage},
 };
+use crate::approvals::tickets;
 
 /// The action a conversation is, for policy rules.
 pub const CHAT_ACTION: &str = "chat";
+/// Reason of the outcome that ends an unapproved HIGH or CRITICAL request.
+pub const APPROVAL_REQUIRED: &str = "APPROVAL_REQUIRED";
 
 /// What policy decided for an admitted request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +38,37 @@ pub struct Admitted {
     pub criticality: Criticality,
     /// Side-effecting tools are skipped.
     pub forensic: bool,
+    /// For HIGH and CRITICAL: what an approval of it is bound to.
+    pub approval: Option<ApprovalTerms>,
+    /// The approval this request executes (HIGH and CRITICAL only).
+    pub approval_id: Option<String>,
+}
+
+/// How an approval of a request behaves, from the policy in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalTerms {
+    /// resource_version of the agent's policy (0 = the agent has none).
+    pub policy_version: i64,
+    /// How long the approval waits (each stage: pending, escalated, approved).
+    pub timeout: Duration,
+    /// The group it escalates to at the timeout; `None` = it expires.
+    pub escalate_to: Option<String>,
+}
+
+/// The arguments an approval of `input` is bound to: an action's
+/// `arguments_json` as sent, or a conversation as a JSON array of
+/// `{role, content}`.
+pub fn approval_arguments(input: &Input) -> String {
+    match input {
+        Input::Action { arguments_json, .. } => arguments_json.clone(),
+        Input::Messages(messages) => serde_json::Value::Array(
+            messages
+                .iter()
+                .map(|m| serde_json::json!({"role": format!("{:?}", m.role).to_lowercase(), "content": m.content}))
+                .collect(),
+        )
+        .to_string(),
+    }
 }
 
 /// A policy refusal.
@@ -100,7 +142,30 @@ impl Stage for PolicyStage {
             ask,
             call.request.forensic,
         )? {
-            Ok(admitted) => {
+            Ok(mut admitted) => {
+                if admitted.approval.is_some() {
+                    let ticket = tickets::take(&call.metadata).filter(|t| {
+                        t.admits(
+                            caller,
+                            &call.request.agent,
+                            &admitted.action,
+                            &approval_arguments(&call.request.input),
+                        )
+                    });
+                    let Some(ticket) = ticket else {
+                        return Ok(Flow::Done(Box::new(Outcome {
+                            criticality: admitted.criticality,
+                            ..Outcome::blocked(
+                                APPROVAL_REQUIRED,
+                                format!(
+                                    "action {} is {:?} and needs approval",
+                                    admitted.action, admitted.criticality
+                                ),
+                            )
+                        })));
+                    };
+                    admitted.approval_id = Some(ticket.approval_id);
+                }
                 call.admitted = Some(admitted);
                 Ok(Flow::Continue)
             }
@@ -162,20 +227,27 @@ fn judge(
         .chain(agent.criticality_of(action))
         .max()
         .unwrap_or(Criticality::Low);
-    if criticality >= Criticality::High {
-        // Human approvals arrive with the approvals subsystem; until then a
-        // HIGH or CRITICAL action never runs unapproved.
-        return block(
-            "APPROVAL_REQUIRED",
-            format!(
-                "action {action} is {criticality:?} and needs approval, which this node cannot take yet"
-            ),
-        );
-    }
+    let approval = (criticality >= Criticality::High).then(|| {
+        let approval = policy.map(|p| &p.approval);
+        ApprovalTerms {
+            policy_version: agent
+                .policy
+                .as_ref()
+                .and_then(|name| catalog.get(Kind::Policy, tenant, name))
+                .map_or(0, |applied| applied.version),
+            timeout: approval.map_or(aios_model::DEFAULT_APPROVAL_TIMEOUT, |a| a.timeout),
+            escalate_to: approval.and_then(|a| match &a.on_timeout {
+                OnTimeout::Reject => None,
+                OnTimeout::Escalate { group } => Some(group.clone()),
+            }),
+        }
+    });
     Ok(Admitted {
         action: action.to_string(),
         criticality,
         forensic: forensic || agent.forensic,
+        approval,
+        approval_id: None,
     })
 }
 
@@ -287,7 +359,17 @@ mod tests {
         let run = |action| decide(&c, &caller(&[]), "bot", Ask::Action(action), false);
         assert_eq!(reason(run("delete.everything")), "ACTION_NOT_ALLOWED");
         assert_eq!(reason(run("search")), "ACTION_DENIED");
-        assert_eq!(reason(run("payments.refund")), "APPROVAL_REQUIRED");
+        let high = run("payments.refund").unwrap().unwrap();
+        assert_eq!(high.criticality, Criticality::High);
+        assert_eq!(
+            high.approval,
+            Some(ApprovalTerms {
+                policy_version: 1,
+                timeout: aios_model::DEFAULT_APPROVAL_TIMEOUT,
+                escalate_to: None,
+            }),
+            "a HIGH action is admitted only with approval terms"
+        );
 
         let c = catalog(vec![agent(|_| {})]);
         assert_eq!(

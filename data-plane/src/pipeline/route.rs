@@ -22,7 +22,7 @@ impl Stage for RouteStage {
         let Some(agent) = call.catalog.agent(tenant, &call.request.agent) else {
             return Ok(Flow::Continue);
         };
-        let table_name = &agent.routing_table;
+        let table_name = call.degraded_to.as_ref().unwrap_or(&agent.routing_table);
         let table = call
             .catalog
             .routing_table(tenant, table_name)

@@ -208,6 +208,8 @@ pub struct Stages {
     pub guardrails: bool,
     /// Policy.
     pub policy: bool,
+    /// Budgets.
+    pub budget: bool,
     /// Routing.
     pub route: bool,
     /// The response cache.
@@ -223,6 +225,7 @@ impl Stages {
         rate_limit: true,
         guardrails: true,
         policy: true,
+        budget: true,
         route: true,
         cache: true,
         span: true,
@@ -245,6 +248,8 @@ pub struct StageSet {
     pub guardrails: StageLayer<super::guard::InputGuard>,
     /// Stage 4.
     pub policy: StageLayer<super::policy::PolicyStage>,
+    /// Stage 4b.
+    pub budget: StageLayer<super::budget::BudgetStage>,
     /// Stage 5.
     pub route: StageLayer<super::route::RouteStage>,
     /// Stage 6.
@@ -272,6 +277,7 @@ where
             .option_layer(enabled.rate_limit.then(|| stages.rate_limit.clone()))
             .option_layer(enabled.guardrails.then(|| stages.guardrails.clone()))
             .option_layer(enabled.policy.then(|| stages.policy.clone()))
+            .option_layer(enabled.budget.then(|| stages.budget.clone()))
             .option_layer(enabled.route.then(|| stages.route.clone()))
             .option_layer(enabled.cache.then(|| stages.cache.clone()))
             .service(inner),

@@ -535,6 +535,8 @@ pub fn exec_error_type(error: &ExecError) -> &'static str {
         ExecError::Invalid(_) => "invalid_request",
         ExecError::NotFound { .. } => "not_found",
         ExecError::RateLimited { .. } => "rate_limited",
+        ExecError::BudgetExhausted { .. } => "budget_exhausted",
+        ExecError::FailedPrecondition { .. } => "failed_precondition",
         ExecError::Unavailable(_) => "unavailable",
         ExecError::DeadlineExceeded(_) => "deadline_exceeded",
         ExecError::Internal(_) => "internal",

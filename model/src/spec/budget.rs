@@ -37,6 +37,62 @@ impl Budget {
     pub fn time_zone_name(&self) -> &str {
         self.time_zone.iana_name().unwrap_or("UTC")
     }
+
+    /// The window that contains `now`, aligned to the calendar of the
+    /// budget's time zone. Both planes compute it the same way, so a node
+    /// and the control plane agree on which window a spend belongs to.
+    pub fn window_at(&self, now: jiff::Timestamp) -> Window {
+        let zoned = now.to_zoned(self.time_zone.clone());
+        let bounds = match self.window {
+            BudgetWindow::Total => return Window::TOTAL,
+            BudgetWindow::Hour => zoned
+                .with()
+                .minute(0)
+                .second(0)
+                .subsec_nanosecond(0)
+                .build()
+                .and_then(|start| {
+                    let end = start.checked_add(jiff::Span::new().hours(1))?;
+                    Ok((start, end))
+                }),
+            BudgetWindow::Day => zoned.start_of_day().and_then(|start| {
+                let end = start.tomorrow()?.start_of_day()?;
+                Ok((start, end))
+            }),
+            BudgetWindow::Month => zoned
+                .first_of_month()
+                .and_then(|first| first.start_of_day())
+                .and_then(|start| {
+                    let end = start.last_of_month()?.tomorrow()?.start_of_day()?;
+                    Ok((start, end))
+                }),
+        };
+        match bounds {
+            Ok((start, end)) => Window {
+                start: start.timestamp().as_second(),
+                end: Some(end.timestamp().as_second()),
+            },
+            // Only at the ends of jiff's range (years -9999 and 9999).
+            Err(_) => Window::TOTAL,
+        }
+    }
+}
+
+/// One window of a budget: spend is summed from `start` until `end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Window {
+    /// Start, Unix seconds (inclusive); 0 for TOTAL budgets.
+    pub start: i64,
+    /// End, Unix seconds (exclusive); `None` for TOTAL budgets.
+    pub end: Option<i64>,
+}
+
+impl Window {
+    /// The one window of a TOTAL budget.
+    pub const TOTAL: Window = Window {
+        start: 0,
+        end: None,
+    };
 }
 
 /// Whose spend a budget counts. The subject is `None` when the spec leaves it

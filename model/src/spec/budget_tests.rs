@@ -246,3 +246,83 @@ fn every_bad_field_is_reported_at_once() {
         ]
     );
 }
+
+fn windowed(window: pb::BudgetWindow, time_zone: &str) -> Budget {
+    budget(pb::BudgetSpec {
+        window: window as i32,
+        time_zone: time_zone.into(),
+        ..budget_spec()
+    })
+}
+
+/// `(start, end)` of the window around `at`, as RFC 3339 instants.
+fn bounds(b: &Budget, at: &str) -> (String, String) {
+    let now: jiff::Timestamp = at.parse().unwrap();
+    let w = b.window_at(now);
+    let show = |s: i64| jiff::Timestamp::from_second(s).unwrap().to_string();
+    (show(w.start), w.end.map(show).unwrap_or_default())
+}
+
+#[test]
+fn hour_windows_start_at_the_top_of_the_hour() {
+    let b = windowed(pb::BudgetWindow::Hour, "");
+    assert_eq!(
+        bounds(&b, "2026-11-21T10:59:59.999Z"),
+        ("2026-11-21T10:00:00Z".into(), "2026-11-21T11:00:00Z".into())
+    );
+    // The boundary belongs to the next window.
+    assert_eq!(
+        bounds(&b, "2026-11-21T11:00:00Z"),
+        ("2026-11-21T11:00:00Z".into(), "2026-11-21T12:00:00Z".into())
+    );
+    // A zone with a half-hour offset aligns to its own hours.
+    let india = windowed(pb::BudgetWindow::Hour, "Asia/Kolkata");
+    assert_eq!(
+        bounds(&india, "2026-11-21T10:10:00Z"),
+        ("2026-11-21T09:30:00Z".into(), "2026-11-21T10:30:00Z".into())
+    );
+}
+
+#[test]
+fn day_windows_follow_local_midnight_across_daylight_saving() {
+    let b = windowed(pb::BudgetWindow::Day, "Europe/Paris");
+    // Winter: UTC+1.
+    assert_eq!(
+        bounds(&b, "2026-11-21T22:59:59Z"),
+        ("2026-11-20T23:00:00Z".into(), "2026-11-21T23:00:00Z".into())
+    );
+    assert_eq!(
+        bounds(&b, "2026-11-21T23:00:00Z"),
+        ("2026-11-21T23:00:00Z".into(), "2026-11-22T23:00:00Z".into())
+    );
+    // 2026-03-29 has 23 hours in Paris (clocks go forward).
+    assert_eq!(
+        bounds(&b, "2026-03-29T12:00:00Z"),
+        ("2026-03-28T23:00:00Z".into(), "2026-03-29T22:00:00Z".into())
+    );
+}
+
+#[test]
+fn month_windows_run_from_the_first_to_the_first() {
+    let b = windowed(pb::BudgetWindow::Month, "UTC");
+    assert_eq!(
+        bounds(&b, "2028-02-29T23:59:59Z"),
+        ("2028-02-01T00:00:00Z".into(), "2028-03-01T00:00:00Z".into())
+    );
+    assert_eq!(
+        bounds(&b, "2026-12-31T23:00:00Z"),
+        ("2026-12-01T00:00:00Z".into(), "2027-01-01T00:00:00Z".into())
+    );
+    let tokyo = windowed(pb::BudgetWindow::Month, "Asia/Tokyo");
+    assert_eq!(
+        bounds(&tokyo, "2026-11-30T15:00:00Z"),
+        ("2026-11-30T15:00:00Z".into(), "2026-12-31T15:00:00Z".into())
+    );
+}
+
+#[test]
+fn total_budgets_have_one_window() {
+    let b = windowed(pb::BudgetWindow::Total, "");
+    let now: jiff::Timestamp = "2026-11-21T10:00:00Z".parse().unwrap();
+    assert_eq!(b.window_at(now), Window::TOTAL);
+}

@@ -17,7 +17,7 @@ pub use alert::{
     AlertComparison, AlertMetric, AlertRule, AlertSeverity, DEFAULT_ALERT_WINDOW, MAX_ALERT_WINDOW,
     Threshold,
 };
-pub use budget::{Budget, BudgetScope, BudgetScopeKind, BudgetWindow, OnExceed};
+pub use budget::{Budget, BudgetScope, BudgetScopeKind, BudgetWindow, OnExceed, Window};
 pub use model::{DEFAULT_MODEL_TIMEOUT, Model, ModelProvider};
 pub use policy::{
     ActionRule, ApprovalPolicy, DEFAULT_APPROVAL_TIMEOUT, GuardrailAction, InputGuardrails,

@@ -1,7 +1,9 @@
 //! `aiosctl`: operate aios from the command line.
 
 mod apply;
+mod approvals;
 mod audit;
+mod budgets;
 mod delete;
 mod demo;
 mod dev;
@@ -31,7 +33,7 @@ const DEFAULT_DATA_PLANE: &str = "http://127.0.0.1:7080";
 #[command(
     name = "aiosctl",
     version,
-    about = "Operate aios: resources, the audit log, the fleet of nodes, traffic and traces, status, and a local dev environment."
+    about = "Operate aios: resources, the audit log, budgets, the fleet of nodes, traffic and traces, status, and a local dev environment."
 )]
 struct Cli {
     /// Control-plane gRPC endpoint.
@@ -88,6 +90,10 @@ enum Command {
     Diff(diff::Args),
     /// Show the audit log, newest first.
     Audit(audit::Args),
+    /// Decide human approvals: `approvals ls`, `approve ID`, `reject ID` (with --comment), `watch`.
+    Approvals(approvals::Args),
+    /// Show spend against budgets: `budgets status [NAME]` (limit, spent, reserved, remaining per window).
+    Budgets(budgets::Args),
     /// Show data-plane nodes: `fleet ls`, `fleet describe NODE` (what it runs, what it rejected).
     Fleet(fleet::Args),
     /// Show recent traces: `traces get TRACE_ID` (a tree of spans, or -o json to export).
@@ -126,6 +132,8 @@ async fn main() {
         Command::Delete(args) => delete::run(&globals, args).await,
         Command::Diff(args) => diff::run(&globals, args).await,
         Command::Audit(args) => audit::run(&globals, args).await,
+        Command::Approvals(args) => approvals::run(&globals, args).await,
+        Command::Budgets(args) => budgets::run(&globals, args).await,
         Command::Fleet(args) => fleet::run(&globals, args).await,
         Command::Traces(args) => traces::run(&globals, args).await,
         Command::Top(args) => top::run(&globals, args).await,

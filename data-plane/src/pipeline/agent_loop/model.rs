@@ -3,12 +3,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use aios_model::{Agent, Model, OutputGuardrails};
+use aios_model::{Agent, Model, OutputGuardrails, Usd};
 use futures::StreamExt;
 
 use super::Shared;
 use crate::{
-    backend::{ChatEvent, ChatMessage, ChatResponse, ErrorKind},
+    backend::{ChatEvent, ChatMessage, ChatRequest, ChatResponse, ErrorKind},
     guardrails,
     pipeline::{
         call::{Call, Event, Outcome, Status},
@@ -174,4 +174,87 @@ pub(super) fn failure(
     outcome.status = Status::Failed;
     outcome.error = Some((reason.into(), format!("after tool calls: {error}")));
     Ok(outcome)
+}
+
+// === Budgets ===
+
+/// Tokens a chat template adds around each message, at most (role markers,
+/// separators), for the input bound.
+const TEMPLATE_TOKENS_PER_MESSAGE: u64 = 16;
+
+/// An upper bound on the input tokens of `request`: one per byte of text
+/// (no tokenizer in use makes a token of less than a byte, in practice)
+/// plus the template's markers per message.
+pub(super) fn input_bound(request: &ChatRequest) -> u64 {
+    let messages: u64 = request
+        .messages
+        .iter()
+        .map(|m| {
+            let calls: usize = m
+                .tool_calls
+                .iter()
+                .map(|c| c.name.len() + c.arguments_json.len() + c.id.len())
+                .sum();
+            (m.content.len() + calls) as u64 + TEMPLATE_TOKENS_PER_MESSAGE
+        })
+        .sum();
+    let tools: u64 = request
+        .tools
+        .iter()
+        .map(|t| (t.name.len() + t.description.len() + t.parameters_json_schema.len()) as u64)
+        .sum();
+    messages + tools
+}
+
+/// Output tokens `model` may produce for `request`.
+fn output_tokens(request: &ChatRequest, model: &Model) -> u32 {
+    let limit = model
+        .max_output_tokens
+        .map_or(crate::router::ASSUMED_OUTPUT_TOKENS, |n| n.get());
+    request.max_tokens.map_or(limit, |n| n.min(limit))
+}
+
+/// The most one call of `request` can cost on any of `candidates` (its
+/// worst case, which it reserves), and the least that lets it run at all
+/// (its input and one output token).
+pub(super) fn call_bounds(candidates: &[Resolved], request: &ChatRequest) -> (Usd, Usd) {
+    let input = input_bound(request);
+    let mut bound = Usd::ZERO;
+    let mut min = Usd::ZERO;
+    for (_, model, _) in candidates {
+        let output = u64::from(output_tokens(request, model));
+        bound = bound.max(crate::router::cost(model, input, output));
+        min = min.max(crate::router::cost(model, input, 1));
+    }
+    (bound, min)
+}
+
+/// The output tokens `amount` pays for on every candidate, given the
+/// input bound; at least 1 (the reservation covered input and one token).
+pub(super) fn affordable_output(
+    candidates: &[Resolved],
+    request: &ChatRequest,
+    amount: Usd,
+) -> u32 {
+    let input = input_bound(request);
+    let mut tokens = candidates
+        .iter()
+        .map(|(_, model, _)| output_tokens(request, model))
+        .max()
+        .unwrap_or(1);
+    for (_, model, _) in candidates {
+        let price = model.output_price_per_mtok.micros();
+        if price <= 0 {
+            continue;
+        }
+        let left = amount.micros() - crate::router::cost(model, input, 0).micros();
+        // floor(left × 1e6 / price), then down while rounding says too much.
+        let mut n = u32::try_from((i128::from(left.max(0)) * 1_000_000 / i128::from(price)).max(1))
+            .unwrap_or(u32::MAX);
+        while n > 1 && crate::router::cost(model, input, u64::from(n)) > amount {
+            n -= 1;
+        }
+        tokens = tokens.min(n);
+    }
+    tokens.max(1)
 }

@@ -196,6 +196,8 @@ fn call(catalog: Catalog, input: Input, events: Option<mpsc::Sender<Event>>) -> 
         received: now,
         deadline: now + Duration::from_secs(30),
         caller_deadline: true,
+        budget: None,
+        degraded_to: None,
         caller: Some(Caller {
             tenant: "acme".into(),
             key_name: "k".into(),

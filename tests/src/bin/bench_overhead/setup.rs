@@ -300,6 +300,7 @@ pub(crate) const NO_STAGES: Stages = Stages {
     rate_limit: false,
     guardrails: false,
     policy: false,
+    budget: false,
     route: false,
     cache: false,
     span: false,

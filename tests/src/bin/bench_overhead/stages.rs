@@ -53,6 +53,7 @@ pub(crate) async fn ladder(
         ("+ rate limit", |s| s.rate_limit = true),
         ("+ guardrails (in + out)", |s| s.guardrails = true),
         ("+ policy", |s| s.policy = true),
+        ("+ budget", |s| s.budget = true),
         ("+ route", |s| s.route = true),
         ("+ cache", |s| s.cache = true),
         ("+ span (= all)", |s| s.span = true),
