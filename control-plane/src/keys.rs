@@ -13,11 +13,10 @@ pub const BOOTSTRAP: &str = "/aios/v1/bootstrap";
 pub const LEADER: &str = "/aios/v1/leader";
 /// Prefix of fleet membership records, one per node: `/aios/v1/nodes/{node_id}`.
 pub const NODES: &str = "/aios/v1/nodes/";
-/// Prefix of telemetry acknowledgements:
 /// Prefix of budget ledgers:
 /// `/aios/v1/budgets/ledger/{tenant}/{budget}/{window start:020}/{subject}`.
 pub const BUDGET_LEDGERS: &str = "/aios/v1/budgets/ledger/";
-
+/// Prefix of telemetry acknowledgements:
 /// `/aios/v1/telemetry/acked/{node}/{incarnation}` → highest sequence taken.
 pub const TELEMETRY_ACKED: &str = "/aios/v1/telemetry/acked/";
 /// Prefix of stored span batches:
