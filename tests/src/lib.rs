@@ -9,6 +9,8 @@ pub mod etcd;
 pub mod admin;
 
 pub mod bench;
+/// Running `aiosctl` and reading its JSON output.
+pub mod cli;
 
 pub mod fake_provider;
 

@@ -17,7 +17,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::{
-    process::Command,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -38,6 +37,7 @@ use aios_proto::v1::{
 use aios_tests::{
     admin::{ADMIN_KEY, TestPlane, api_key, tenant},
     bin,
+    cli::{Run, aiosctl},
     fake_provider::FakeProvider,
 };
 use futures::StreamExt;
@@ -850,20 +850,6 @@ async fn approvers_act_only_in_their_tenant_and_never_on_their_own_requests() {
 }
 
 /// What `aiosctl` printed, and how it exited.
-fn aiosctl(url: &str, key: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let output = Command::new(bin("aiosctl").unwrap())
-        .args(["--endpoint", url, "--api-key", key])
-        .args(args)
-        .env_remove("AIOS_API_KEY")
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn aiosctl_lists_approves_rejects_and_watches() {
     let w = world().await;
@@ -881,7 +867,11 @@ async fn aiosctl_lists_approves_rejects_and_watches() {
     )
     .await;
 
-    let (code, table, stderr) = aiosctl(&url, w.secret("acme/alice"), &["approvals", "ls"]);
+    let Run {
+        code,
+        stdout: table,
+        stderr,
+    } = aiosctl(&url, w.secret("acme/alice"), &["approvals", "ls"]);
     assert_eq!(code, Some(0), "{stderr}");
     let rows: Vec<&str> = table.lines().skip(1).collect();
     assert_eq!(rows.len(), 2, "{table}");
@@ -894,7 +884,11 @@ async fn aiosctl_lists_approves_rejects_and_watches() {
         "{table}"
     );
 
-    let (code, json, stderr) = aiosctl(
+    let Run {
+        code,
+        stdout: json,
+        stderr,
+    } = aiosctl(
         &url,
         w.secret("acme/alice"),
         &["approvals", "ls", "-o", "json"],
@@ -928,7 +922,11 @@ async fn aiosctl_lists_approves_rejects_and_watches() {
             .collect::<Vec<_>>()
     });
 
-    let (code, out, stderr) = aiosctl(
+    let Run {
+        code,
+        stdout: out,
+        stderr,
+    } = aiosctl(
         &url,
         w.secret("acme/alice"),
         &[
@@ -941,7 +939,11 @@ async fn aiosctl_lists_approves_rejects_and_watches() {
     );
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(out, format!("approval {wire}: pending (1/2 approvals)\n"));
-    let (code, out, stderr) = aiosctl(
+    let Run {
+        code,
+        stdout: out,
+        stderr,
+    } = aiosctl(
         &url,
         w.secret("acme/bob"),
         &["approvals", "reject", &refund, "-m", "duplicate"],
@@ -952,7 +954,7 @@ async fn aiosctl_lists_approves_rejects_and_watches() {
         format!("approval {refund}: rejected by bob: \"duplicate\"\n")
     );
 
-    let (code, _, stderr) = aiosctl(
+    let Run { code, stderr, .. } = aiosctl(
         &url,
         w.secret("acme/alice"),
         &["approvals", "approve", &wire],
@@ -962,7 +964,7 @@ async fn aiosctl_lists_approves_rejects_and_watches() {
         stderr.contains("ALREADY_DECIDED") || stderr.contains("already decided"),
         "{stderr}"
     );
-    let (code, _, stderr) = aiosctl(
+    let Run { code, stderr, .. } = aiosctl(
         &url,
         w.secret("acme/alice"),
         &["approvals", "ls", "--state", "done"],

@@ -11,10 +11,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::{
-    process::Command,
-    time::{Instant, SystemTime},
-};
+use std::time::{Instant, SystemTime};
 
 use aios_client::BudgetClient;
 use aios_proto::v1::{
@@ -23,31 +20,9 @@ use aios_proto::v1::{
 };
 use aios_tests::{
     admin::{ADMIN_KEY, TestPlane, api_key, budget, tenant},
-    bin,
+    cli::{aiosctl, from_proto_json},
     telemetry::WAIT,
 };
-use prost_reflect::{DescriptorPool, DynamicMessage};
-
-/// What `aiosctl` printed, and how it exited.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn aiosctl(url: &str, key: &str, args: &[&str]) -> Run {
-    let output = Command::new(bin("aiosctl").unwrap())
-        .args(["--endpoint", url, "--api-key", key])
-        .args(args)
-        .env_remove("AIOS_API_KEY")
-        .output()
-        .unwrap();
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 /// Runs `aiosctl` and expects it to succeed.
 fn ok(url: &str, key: &str, args: &[&str]) -> String {
@@ -93,17 +68,10 @@ fn row(table: &str, name: &str) -> Vec<String> {
 /// Reads a JSON array of `aios.v1.BudgetStatus` through the contract's
 /// descriptors, as a script consuming `-o json` would.
 fn read_statuses(json: &str) -> Vec<pb::BudgetStatus> {
-    let pool = DescriptorPool::decode(aios_proto::FILE_DESCRIPTOR_SET).unwrap();
-    let descriptor = pool.get_message_by_name("aios.v1.BudgetStatus").unwrap();
     let values: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
     values
         .iter()
-        .map(|value| {
-            DynamicMessage::deserialize(descriptor.clone(), value)
-                .unwrap_or_else(|e| panic!("not an aios.v1.BudgetStatus: {e}\n{value}"))
-                .transcode_to()
-                .unwrap()
-        })
+        .map(|value| from_proto_json(value, "aios.v1.BudgetStatus"))
         .collect()
 }
 

@@ -12,7 +12,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
 use std::{
-    process::Command,
     sync::mpsc::Receiver,
     time::{Duration, Instant},
 };
@@ -23,41 +22,17 @@ use aios_tests::{
     Process,
     admin::{ADMIN_KEY, TestPlane},
     bin,
+    cli::{aiosctl, from_proto_json},
     fake_provider::{FakeProvider, Reply},
     telemetry::{WAIT, ask, node, ready, seed, summary_reaching, telemetry},
 };
-use prost_reflect::{DescriptorPool, DynamicMessage};
-
-/// What `aiosctl` printed, and how it exited.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn aiosctl(url: &str, key: &str, args: &[&str]) -> Run {
-    let output = Command::new(bin("aiosctl").unwrap())
-        .args(["--endpoint", url, "--api-key", key])
-        .args(args)
-        .env_remove("AIOS_API_KEY")
-        .output()
-        .unwrap();
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 /// Reads JSON as an `aios.v1.Trace` through the contract's descriptors:
 /// what an importer of the export would do.
 fn read_trace(json: &str) -> pb::Trace {
-    let pool = DescriptorPool::decode(aios_proto::FILE_DESCRIPTOR_SET).unwrap();
-    let descriptor = pool.get_message_by_name("aios.v1.Trace").unwrap();
-    let mut deserializer = serde_json::Deserializer::from_str(json);
-    let message = DynamicMessage::deserialize(descriptor, &mut deserializer)
-        .unwrap_or_else(|e| panic!("not an aios.v1.Trace in the proto3 JSON mapping: {e}\n{json}"));
-    message.transcode_to().unwrap()
+    let value: serde_json::Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("not JSON: {e}\n{json}"));
+    from_proto_json(&value, "aios.v1.Trace")
 }
 
 fn assert_cost(seen: f64, sent: f64) {
