@@ -52,23 +52,17 @@ pub type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 /// The budget ledgers of one replica. Cheap to clone.
 #[derive(Clone)]
 pub struct Budgets {
-    store: SharedStore,
-    cache: ConfigCache,
-    ttl: Duration,
-    clock: Clock,
+    /// What both the writer and status reads use.
+    ledgers: Arc<Ledgers>,
     writer: mpsc::Sender<Job>,
 }
 
 impl std::fmt::Debug for Budgets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Budgets").field("ttl", &self.ttl).finish()
+        f.debug_struct("Budgets")
+            .field("ttl", &self.ledgers.ttl)
+            .finish()
     }
-}
-
-/// A validated Budget in force.
-#[derive(Clone, Debug)]
-struct InForce {
-    budget: Budget,
 }
 
 /// `(tenant, budget, window start, subject)`.
@@ -84,24 +78,14 @@ impl Budgets {
     /// [`Budgets::new`] reading time from `clock` (tests move it by hand).
     pub fn with_clock(store: SharedStore, cache: ConfigCache, ttl: Duration, clock: Clock) -> Self {
         let (writer, jobs) = mpsc::channel(1024);
-        let ledgers = Ledgers {
-            store: store.clone(),
-            cache: cache.clone(),
-            ttl,
-            clock: clock.clone(),
-        };
-        tokio::spawn(write(ledgers, jobs));
-        Self {
+        let ledgers = Arc::new(Ledgers {
             store,
             cache,
             ttl,
             clock,
-            writer,
-        }
-    }
-
-    fn now(&self) -> jiff::Timestamp {
-        now(&self.clock)
+        });
+        tokio::spawn(write(ledgers.clone(), jobs));
+        Self { ledgers, writer }
     }
 
     /// Applies a node's lines; one grant per line, in order. Requests
@@ -130,8 +114,14 @@ impl Budgets {
         scope: &Scope,
         name: &str,
     ) -> Result<Vec<pb::BudgetStatus>, BudgetError> {
-        let snapshot = self.cache.current();
-        let now = self.now();
+        let Ledgers {
+            store,
+            cache,
+            clock,
+            ..
+        } = self.ledgers.as_ref();
+        let snapshot = cache.current();
+        let now = now(clock);
         let now_ms = now.as_millisecond();
         let mut statuses = Vec::new();
         let mut found = false;
@@ -143,17 +133,13 @@ impl Budgets {
             {
                 continue;
             }
-            let Some(force) = in_force(&snapshot, &object.tenant, &object.name) else {
+            let Some(budget) = in_force(&snapshot, &object.tenant, &object.name) else {
                 continue;
             };
             found = true;
-            let budget = &force.budget;
             let window = budget.window_at(now);
             let prefix = ledger_prefix(&object.tenant, &object.name, window.start);
-            let listing = self
-                .store
-                .range(RangeRequest::prefix(prefix.clone()))
-                .await?;
+            let listing = store.range(RangeRequest::prefix(prefix.clone())).await?;
             let mut rows: Vec<(String, pb::BudgetLedger)> = Vec::new();
             for kv in &listing.kvs {
                 let subject = decode_subject(&kv.key[prefix.len()..]);
@@ -162,13 +148,16 @@ impl Budgets {
                 rows.push((subject, ledger));
             }
             // A budget with one subject always has a row, spent or not.
-            if rows.is_empty() && budget.scope.subject().is_some()
-                || rows.is_empty() && budget.scope == aios_model::BudgetScope::Tenant
+            if rows.is_empty()
+                && (budget.scope.subject().is_some()
+                    || budget.scope == aios_model::BudgetScope::Tenant)
             {
                 rows.push((String::new(), pb::BudgetLedger::default()));
             }
             for (subject, ledger) in rows {
-                statuses.push(status_of(object, budget, window, &subject, &ledger, now_ms));
+                statuses.push(status_of(
+                    object, &budget, window, &subject, &ledger, now_ms,
+                ));
             }
         }
         // A budget counting each subject separately has no rows until one
@@ -204,7 +193,7 @@ struct Job {
 const JOBS_PER_ROUND: usize = 64;
 
 /// The writer: takes every waiting request, applies them together.
-async fn write(ledgers: Ledgers, mut jobs: mpsc::Receiver<Job>) {
+async fn write(ledgers: Arc<Ledgers>, mut jobs: mpsc::Receiver<Job>) {
     let mut round = Vec::with_capacity(JOBS_PER_ROUND);
     while jobs.recv_many(&mut round, JOBS_PER_ROUND).await > 0 {
         let lines: Vec<(&str, &pb::AllowanceLine)> = round
@@ -262,7 +251,7 @@ impl Ledgers {
         // Lines by ledger, keeping arrival order within each ledger.
         let mut grants: Vec<pb::AllowanceGrant> = vec![pb::AllowanceGrant::default(); lines.len()];
         let mut by_ledger: BTreeMap<LedgerId, Vec<usize>> = BTreeMap::new();
-        let mut budgets: HashMap<(String, String), InForce> = HashMap::new();
+        let mut budgets: HashMap<(String, String), Budget> = HashMap::new();
         for (i, (_, line)) in lines.iter().enumerate() {
             let (tenant, name) = line
                 .budget
@@ -310,13 +299,13 @@ impl Ledgers {
                         ),
                         None => (pb::BudgetLedger::default(), 0),
                     };
-                    let Some(force) = budgets.get(&(id.0.clone(), id.1.clone())) else {
+                    let Some(budget) = budgets.get(&(id.0.clone(), id.1.clone())) else {
                         continue;
                     };
                     let terms = Terms {
-                        limit: force.budget.limit.micros(),
-                        leasable: force.budget.on_exceed != OnExceed::AlertOnly
-                            && current(&force.budget, now, id.2),
+                        limit: budget.limit.micros(),
+                        leasable: budget.on_exceed != OnExceed::AlertOnly
+                            && current(budget, now, id.2),
                         now_ms,
                         ttl_ms,
                     };
@@ -333,7 +322,7 @@ impl Ledgers {
                                 want: line.want_micros,
                             },
                             terms,
-                            &force.budget.alert_threshold_percents,
+                            &budget.alert_threshold_percents,
                         );
                         changed |= applied.fresh;
                         for percent in &applied.crossed {
@@ -342,16 +331,14 @@ impl Ledgers {
                                 "budget alert threshold crossed"
                             );
                         }
-                        let error = match (
-                            line.want_micros > 0 && !terms.leasable,
-                            &force.budget.on_exceed,
-                        ) {
-                            (false, _) => String::new(),
-                            (true, OnExceed::AlertOnly) => {
-                                "ALERT_ONLY budgets lease nothing".into()
-                            }
-                            (true, _) => format!("window {} is not the current window", id.2),
-                        };
+                        let error =
+                            match (line.want_micros > 0 && !terms.leasable, &budget.on_exceed) {
+                                (false, _) => String::new(),
+                                (true, OnExceed::AlertOnly) => {
+                                    "ALERT_ONLY budgets lease nothing".into()
+                                }
+                                (true, _) => format!("window {} is not the current window", id.2),
+                            };
                         answers.push((
                             i,
                             pb::AllowanceGrant {
@@ -439,13 +426,13 @@ fn status_of(
 }
 
 /// The budget `tenant/name` in `snapshot`, if it validates.
-fn in_force(snapshot: &Snapshot, tenant: &str, name: &str) -> Option<InForce> {
+fn in_force(snapshot: &Snapshot, tenant: &str, name: &str) -> Option<Budget> {
     let object = snapshot
         .objects
         .get(&keys::resource(Kind::Budget, tenant, name))?;
     match aios_model::validate(&object.resource) {
         Ok(valid) => match valid.spec {
-            Spec::Budget(budget) => Some(InForce { budget }),
+            Spec::Budget(budget) => Some(budget),
             _ => None,
         },
         Err(error) => {

@@ -167,7 +167,11 @@ async fn hour_windows_roll_over_with_the_clock() {
 #[tokio::test]
 async fn a_crashed_nodes_allowance_comes_back_after_the_ttl() {
     let f = fixture(pb::BudgetWindow::Day, pb::OnExceed::Block).await;
-    let day = f.budgets.now().as_second() / 86_400 * 86_400;
+    let day = jiff::Timestamp::try_from(*f.now.lock().unwrap())
+        .unwrap()
+        .as_second()
+        / 86_400
+        * 86_400;
     let g = f.send("crashed", line(day, 1, 0, 0, 900)).await;
     assert_eq!(g.held_micros, 900);
     let g = f.send("n2", line(day, 1, 0, 0, 900)).await;

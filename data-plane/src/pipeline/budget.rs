@@ -34,10 +34,13 @@ impl Stage for BudgetStage {
         let Some(caller) = &call.caller else {
             return Ok(Flow::Continue);
         };
+        // The snapshot outlives the call's borrow, so budgets are read in
+        // place, not cloned per request.
+        let catalog = call.catalog.clone();
         let now = jiff::Timestamp::now();
         let user = caller.user.as_deref().unwrap_or(&call.request.user);
         let mut applies = Vec::new();
-        for (name, budget) in call.catalog.budgets(&caller.tenant) {
+        for (name, budget) in catalog.budgets(&caller.tenant) {
             let Some(subject) = subject(budget, user, &call.request.agent, &caller.key_name) else {
                 continue;
             };
@@ -47,7 +50,7 @@ impl Stage for BudgetStage {
                 window_start: budget.window_at(now).start,
                 subject: subject.to_string(),
             };
-            applies.push((key, budget.clone()));
+            applies.push((key, budget));
         }
         if applies.is_empty() {
             return Ok(Flow::Continue);
@@ -75,8 +78,8 @@ impl Stage for BudgetStage {
             cap: applies
                 .iter()
                 .filter(|(_, b)| b.on_exceed != OnExceed::AlertOnly)
-                .filter_map(|(_, b)| b.per_request_cap)
-                .min(),
+                .filter_map(|(key, b)| Some((b.per_request_cap?, key.clone())))
+                .min_by_key(|(cap, _)| *cap),
             state: Mutex::new(HoldState::default()),
         }));
         Ok(Flow::Continue)
@@ -106,20 +109,20 @@ pub fn exhausted(key: &LedgerKey, remaining: i64) -> ExecError {
         false => format!(" for {}", key.subject),
     };
     ExecError::BudgetExhausted {
-        subject: format!(
-            "budget:{}/{}{}",
-            key.tenant,
-            key.budget,
-            match key.subject.is_empty() {
-                true => String::new(),
-                false => format!("/{}", key.subject),
-            }
-        ),
+        subject: quota_subject(key),
         description: format!(
             "budget {}{who} has {} left in this window, too little for this request",
             key.budget,
             Usd::from_micros(remaining)
         ),
+    }
+}
+
+/// The QuotaFailure subject of a ledger: `budget:TENANT/NAME[/SUBJECT]`.
+fn quota_subject(key: &LedgerKey) -> String {
+    match key.subject.is_empty() {
+        true => format!("budget:{}/{}", key.tenant, key.budget),
+        false => format!("budget:{}/{}/{}", key.tenant, key.budget, key.subject),
     }
 }
 
@@ -130,8 +133,9 @@ pub struct Hold {
     purse: Purse,
     /// Ledgers, with whether each enforces (ALERT_ONLY ledgers only settle).
     keys: Vec<(LedgerKey, bool)>,
-    /// The smallest per-request cap among enforcing budgets.
-    cap: Option<Usd>,
+    /// The smallest per-request cap among enforcing budgets, and its
+    /// budget's ledger.
+    cap: Option<(Usd, LedgerKey)>,
     state: Mutex<HoldState>,
 }
 
@@ -168,13 +172,11 @@ impl Hold {
         let spent = self.state().spent;
         let mut bound = bound.micros();
         let min = min.micros();
-        if let Some(cap) = self.cap {
+        if let Some((cap, key)) = &self.cap {
             let left = cap.micros() - spent;
             if left < min {
                 return Err(ExecError::BudgetExhausted {
-                    subject: self.keys.first().map_or_else(String::new, |(k, _)| {
-                        format!("budget:{}/{}", k.tenant, k.budget)
-                    }),
+                    subject: quota_subject(key),
                     description: format!(
                         "the request needs at least {} more; the per-request cap is {cap}",
                         Usd::from_micros(min)
