@@ -19,7 +19,7 @@ pub mod series;
 pub mod store;
 pub mod telemetry;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use aios_runtime::{
     ConfigError, Drain, Readiness, Running, ServerSpec, StartError,
@@ -94,6 +94,17 @@ impl ControlPlane {
                 .map_err(|e| store_error(&config.store, e))?;
         background_tasks.push(telemetry_task);
         background_tasks.push(telemetry.evaluate_alerts(fleet.cache().subscribe()));
+        background_tasks.push(
+            budget::alerts::start(
+                store.clone(),
+                fleet.cache().clone(),
+                telemetry.clone(),
+                Arc::new(std::time::SystemTime::now),
+                background.clone(),
+            )
+            .await
+            .map_err(|e| store_error(&config.store, e))?,
+        );
         let (approvals, approval_tasks) =
             approvals::Approvals::start(store.clone(), background.clone())
                 .await

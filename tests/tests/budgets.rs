@@ -10,7 +10,7 @@ use aios_data_plane::{DataPlane, fleet::ResourceKey};
 use aios_model::Kind;
 use aios_proto::v1::{
     self as pb, admin_service_client::AdminServiceClient, agent_service_client::AgentServiceClient,
-    budget_service_client::BudgetServiceClient,
+    budget_service_client::BudgetServiceClient, telemetry_service_client::TelemetryServiceClient,
 };
 use aios_tests::{
     admin::{ADMIN_KEY, TestPlane},
@@ -36,8 +36,38 @@ fn budget(name: &str, limit_usd: f64) -> pb::Resource {
             window: pb::BudgetWindow::Day as i32,
             limit_usd,
             on_exceed: pb::OnExceed::Block as i32,
+            alert_threshold_percents: vec![50, 80],
             ..Default::default()
         })),
+    }
+}
+
+/// A subscription to `acme`'s alert events.
+async fn alerts(plane: &TestPlane, viewer: &str) -> tonic::Streaming<pb::SubscribeResponse> {
+    let channel = aios_client::connect(&plane.url(), Some(viewer), WAIT)
+        .await
+        .unwrap();
+    TelemetryServiceClient::new(channel)
+        .subscribe(pb::SubscribeRequest {
+            include_alerts: true,
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe")
+        .into_inner()
+}
+
+/// The next alert event on `stream` (rollups in between are skipped).
+async fn next_alert(stream: &mut tonic::Streaming<pb::SubscribeResponse>) -> pb::AlertEvent {
+    loop {
+        let item = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("an alert event in time")
+            .unwrap()
+            .expect("the stream stays open");
+        if let Some(pb::subscribe_response::Event::Alert(event)) = item.event {
+            return event;
+        }
     }
 }
 
@@ -121,6 +151,7 @@ async fn a_thousand_concurrent_requests_on_five_nodes_never_overspend() {
     let plane = TestPlane::embedded().await;
     let keys = seed(&plane, &fake).await;
     apply(&plane, budget("small", LIMIT_USD)).await;
+    let mut alert_stream = alerts(&plane, &keys.viewer).await;
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();
     for n in 0..5 {
@@ -220,6 +251,28 @@ async fn a_thousand_concurrent_requests_on_five_nodes_never_overspend() {
         spent * 10 >= limit * 8,
         "most of the budget is used: {spent} of {limit}"
     );
+
+    // The soft thresholds went out on the telemetry stream: 50% (unless
+    // one settle crossed both), then 80%, which a late subscriber hears
+    // first, as firing.
+    let mut raised = Vec::new();
+    while raised.last() != Some(&0.8) {
+        let event = next_alert(&mut alert_stream).await;
+        assert_eq!(
+            (event.rule.as_str(), event.state(), event.metric()),
+            (
+                "budget/small",
+                pb::AlertState::Firing,
+                pb::AlertMetric::BudgetSpent
+            ),
+            "{event:?}"
+        );
+        assert!(event.value >= event.threshold, "{event:?}");
+        raised.push(event.threshold);
+    }
+    assert!(raised == [0.5, 0.8] || raised == [0.8], "{raised:?}");
+    let late = next_alert(&mut alerts(&plane, &keys.viewer).await).await;
+    assert_eq!((late.rule.as_str(), late.threshold), ("budget/small", 0.8));
     drop(nodes);
 }
 

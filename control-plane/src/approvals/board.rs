@@ -23,8 +23,8 @@ use crate::{
     auth::Scope,
     keys,
     store::{
-        EventKind, KeyValue, RangeRequest, SharedStore, StoreError,
-        watch::{Update as StoreUpdate, resyncing_watch},
+        Event, EventKind, KeyValue, RangeRequest, SharedStore, StoreError,
+        watch::{Follower, follow},
     },
 };
 
@@ -72,53 +72,13 @@ impl Board {
             }),
         };
         board.replace(&listing.kvs);
-        let follower = board.clone();
-        let task = tokio::spawn(async move {
-            let mut updates = resyncing_watch(
-                store.clone(),
-                keys::APPROVALS.to_string(),
-                listing.revision + 1,
-            );
-            loop {
-                let update = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    update = updates.next() => update,
-                };
-                match update {
-                    Some(Ok(StoreUpdate::Events(events))) => {
-                        for event in events {
-                            match event.kind {
-                                EventKind::Put => follower.put(&event.kv),
-                                EventKind::Delete => follower.remove(&event.kv.key),
-                            }
-                        }
-                    }
-                    Some(Ok(StoreUpdate::Resync { kvs, .. })) => follower.replace(&kvs),
-                    Some(Err(error)) => {
-                        // The watch ended: start over from a fresh listing,
-                        // so nothing is missed.
-                        tracing::warn!(%error, "approval watch failed; listing again");
-                        let listing = loop {
-                            tokio::select! {
-                                _ = shutdown.cancelled() => return,
-                                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                            }
-                            match store.range(RangeRequest::prefix(keys::APPROVALS)).await {
-                                Ok(listing) => break listing,
-                                Err(error) => tracing::warn!(%error, "approval listing failed"),
-                            }
-                        };
-                        follower.replace(&listing.kvs);
-                        updates = resyncing_watch(
-                            store.clone(),
-                            keys::APPROVALS.to_string(),
-                            listing.revision + 1,
-                        );
-                    }
-                    None => return,
-                }
-            }
-        });
+        let task = tokio::spawn(follow(
+            store,
+            keys::APPROVALS.to_string(),
+            listing,
+            board.clone(),
+            shutdown,
+        ));
         Ok((board, task))
     }
 
@@ -228,6 +188,19 @@ impl Board {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Follower for Board {
+    fn replace(&mut self, kvs: &[KeyValue]) {
+        Board::replace(self, kvs);
+    }
+
+    fn apply(&mut self, event: &Event) {
+        match event.kind {
+            EventKind::Put => self.put(&event.kv),
+            EventKind::Delete => self.remove(&event.kv.key),
         }
     }
 }

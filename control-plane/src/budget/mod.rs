@@ -11,6 +11,7 @@
 //! [`ledger`] for the arithmetic and ARCHITECTURE.md ("Budgets") for the
 //! protocol.
 
+pub mod alerts;
 pub mod error;
 pub mod ledger;
 

@@ -6,12 +6,23 @@
 //! [`resyncing_watch`] lists every key under the prefix at a fresh revision,
 //! hands the watcher that snapshot ([`Update::Resync`]) so it can rebuild its
 //! state, and watches again from the snapshot's revision.
+//!
+//! [`follow`] builds on it for state kept in memory from every key under a
+//! prefix (live approvals, budget ledgers): it also survives a failed watch,
+//! by listing the prefix again.
+
+use std::time::Duration;
 
 use futures::{StreamExt, stream::BoxStream};
+use tokio_util::sync::CancellationToken;
 
 use super::{
-    Event, KeyValue, RangeRequest, Revision, SharedStore, StoreError, WatchMessage, WatchStream,
+    Event, KeyValue, Range, RangeRequest, Revision, SharedStore, StoreError, WatchMessage,
+    WatchStream,
 };
+
+/// Pause before listing again after a watch failed.
+const RELIST_AFTER: Duration = Duration::from_secs(1);
 
 /// What a resyncing watch yields.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +117,59 @@ impl State {
                 // from the next unseen revision; nothing is skipped.
                 None => self.current = None,
             }
+        }
+    }
+}
+
+/// State kept from every key under a prefix, for [`follow`].
+pub trait Follower: Send + 'static {
+    /// The whole prefix as it is now: replace (do not merge) what was
+    /// built so far.
+    fn replace(&mut self, kvs: &[KeyValue]);
+    /// One change, in revision order.
+    fn apply(&mut self, event: &Event);
+}
+
+/// Keeps `follower` up to date with `prefix` from `listing` (a range read
+/// of the prefix the follower was built from) until `shutdown`. A
+/// compaction or a failed watch hands it a fresh listing, so no change is
+/// missed.
+pub async fn follow(
+    store: SharedStore,
+    prefix: String,
+    listing: Range,
+    mut follower: impl Follower,
+    shutdown: CancellationToken,
+) {
+    let mut updates = resyncing_watch(store.clone(), prefix.clone(), listing.revision + 1);
+    loop {
+        let update = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            update = updates.next() => update,
+        };
+        match update {
+            Some(Ok(Update::Events(events))) => {
+                for event in &events {
+                    follower.apply(event);
+                }
+            }
+            Some(Ok(Update::Resync { kvs, .. })) => follower.replace(&kvs),
+            Some(Err(error)) => {
+                tracing::warn!(%prefix, %error, "store watch failed; listing again");
+                let listing = loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(RELIST_AFTER) => {}
+                    }
+                    match store.range(RangeRequest::prefix(prefix.clone())).await {
+                        Ok(listing) => break listing,
+                        Err(error) => tracing::warn!(%prefix, %error, "store listing failed"),
+                    }
+                };
+                follower.replace(&listing.kvs);
+                updates = resyncing_watch(store.clone(), prefix.clone(), listing.revision + 1);
+            }
+            None => return,
         }
     }
 }

@@ -140,6 +140,8 @@ impl Measure {
             AlertMetric::LatencyP95 => quantile(0.95),
             AlertMetric::LatencyP99 => quantile(0.99),
             AlertMetric::CostPerHour => cell.cost_usd * 3600.0 / window.as_secs_f64().max(1.0),
+            // Budgets raise these themselves; no rule measures it.
+            AlertMetric::BudgetSpent => 0.0,
         };
         Self {
             requests: cell.requests,
@@ -354,12 +356,15 @@ fn metric_name(metric: AlertMetric) -> &'static str {
         AlertMetric::LatencyP99 => "latency p99",
         AlertMetric::CostPerHour => "cost",
         AlertMetric::CacheHitRate => "cache hit rate",
+        AlertMetric::BudgetSpent => "budget spent",
     }
 }
 
 fn show(metric: AlertMetric, value: f64) -> String {
     match metric {
-        AlertMetric::ErrorRate | AlertMetric::CacheHitRate => format!("{:.1}%", value * 100.0),
+        AlertMetric::ErrorRate | AlertMetric::CacheHitRate | AlertMetric::BudgetSpent => {
+            format!("{:.1}%", value * 100.0)
+        }
         AlertMetric::LatencyP50 | AlertMetric::LatencyP95 | AlertMetric::LatencyP99 => {
             format!("{value:.3}s")
         }
@@ -394,7 +399,10 @@ impl AlertBoard {
         (firing.values().cloned().collect(), self.events.subscribe())
     }
 
-    fn publish(&self, transitions: Vec<Transition>) {
+    /// Records and streams `transitions`: a FIRING one stays on the board
+    /// (new subscribers get it first) until a later transition of the same
+    /// id resolves it.
+    pub(crate) fn publish(&self, transitions: Vec<Transition>) {
         if transitions.is_empty() {
             return;
         }

@@ -214,6 +214,12 @@ impl Telemetry {
         tokio::spawn(alerts::run(self.clone(), config, self.shutdown.clone()))
     }
 
+    /// Streams alert transitions raised outside the rules (budget
+    /// thresholds) to this replica's subscribers, like the rules' own.
+    pub fn publish_alerts(&self, transitions: Vec<alerts::Transition>) {
+        self.shared.alerts.publish(transitions);
+    }
+
     /// The highest store revision folded.
     pub fn folded(&self) -> Revision {
         *self.shared.folded.borrow()

@@ -85,6 +85,9 @@ proto_enum! {
         CostPerHour,
         /// Requests served from a cache / requests, in [0, 1].
         CacheHitRate,
+        /// Settled spend in a budget's window / its limit (budget alert
+        /// thresholds only; an AlertRule cannot use it).
+        BudgetSpent,
     }
 }
 
@@ -105,7 +108,7 @@ impl AlertMetric {
     /// Whether the value only means something with requests in the window
     /// (everything but cost, which is zero without requests).
     pub fn needs_requests(self) -> bool {
-        !matches!(self, AlertMetric::CostPerHour)
+        !matches!(self, AlertMetric::CostPerHour | AlertMetric::BudgetSpent)
     }
 
     /// The unit of values and thresholds, for messages.
@@ -114,6 +117,7 @@ impl AlertMetric {
             AlertMetric::ErrorRate | AlertMetric::CacheHitRate => "fraction",
             AlertMetric::LatencyP50 | AlertMetric::LatencyP95 | AlertMetric::LatencyP99 => "s",
             AlertMetric::CostPerHour => "USD/hour",
+            AlertMetric::BudgetSpent => "fraction of the limit",
         }
     }
 }
@@ -141,7 +145,17 @@ proto_enum! {
 }
 
 pub(crate) fn convert(ctx: &mut Ctx, s: &pb::AlertRuleSpec, path: &str) -> Option<AlertRule> {
-    let metric = convert::required_enum::<AlertMetric>(ctx, s.metric, &format!("{path}.metric"));
+    let metric = convert::required_enum::<AlertMetric>(ctx, s.metric, &format!("{path}.metric"))
+        .and_then(|metric| {
+            if metric == AlertMetric::BudgetSpent {
+                ctx.violation(
+                    format!("{path}.metric"),
+                    "BUDGET_SPENT is raised by budgets' alert_threshold_percents, not by alert rules",
+                );
+                return None;
+            }
+            Some(metric)
+        });
     let comparison =
         convert::optional_enum::<AlertComparison>(ctx, s.comparison, &format!("{path}.comparison"));
     let severity = convert::defaulted_enum(
@@ -289,6 +303,12 @@ mod tests {
         .unwrap();
         assert_eq!(cache.comparison, AlertComparison::Below);
         assert!(cache.breached(0.1) && !cache.breached(0.3));
+    }
+
+    #[test]
+    fn budget_spent_is_for_budgets_only() {
+        let fields = violations(|s| s.metric = pb::AlertMetric::BudgetSpent as i32);
+        assert_eq!(fields, ["alert_rule.metric"]);
     }
 
     #[test]
