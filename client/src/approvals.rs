@@ -73,6 +73,7 @@ impl ApprovalClient {
         let request = GetApprovalRequest {
             id: id.to_string(),
             tenant: tenant.to_string(),
+            wait_while_open: None,
         };
         Ok(self.inner.get(request).await?.into_inner())
     }

@@ -6,7 +6,7 @@
 //! can be generated and discover every service by reflection. RPCs whose
 //! subsystem has not landed yet answer UNIMPLEMENTED (generated default).
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use aios_model::Kind;
 use aios_model::labels::LabelSelector;
@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status, Streaming, codegen::BoxStream, service::R
 
 use crate::{
     admin::{Admin, AdminError, Applied, AuditFilter, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE},
-    approvals::{ApprovalError, Approvals, ListFilter as ApprovalFilter},
+    approvals::{self, ApprovalError, Approvals, ListFilter as ApprovalFilter},
     auth::{self, Access, Principal},
     budget::{BudgetError, Budgets},
     fleet::Fleet,
@@ -491,9 +491,21 @@ impl ApprovalService for ApprovalApi {
     ) -> Result<Response<pb::Approval>, Status> {
         let who = self.caller(&request).await?;
         let request = request.into_inner();
+        let wait = match &request.wait_while_open {
+            None => Duration::ZERO,
+            Some(wait) => Duration::try_from(*wait)
+                .ok()
+                .filter(|wait| *wait <= approvals::MAX_GET_WAIT)
+                .ok_or_else(|| {
+                    ApprovalError::invalid(
+                        "wait_while_open",
+                        "must be between 0 and 60s (a long poll, not a deadline)",
+                    )
+                })?,
+        };
         Ok(Response::new(
             self.approvals
-                .get(&who, &request.tenant, &request.id)
+                .get(&who, &request.tenant, &request.id, wait)
                 .await?,
         ))
     }

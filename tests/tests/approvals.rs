@@ -353,6 +353,7 @@ impl World {
             .get(pb::GetApprovalRequest {
                 id: id.into(),
                 tenant: tenant.into(),
+                ..Default::default()
             })
             .await?
             .into_inner())
@@ -634,6 +635,59 @@ async fn a_waiting_caller_runs_as_soon_as_a_watching_approver_approves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_long_polls_an_open_approval_until_it_is_decided() {
+    let w = world().await;
+    let id = pending(
+        &w,
+        "acme/caller",
+        action("treasurer", "payments.refund", r#"{"id":"p-9"}"#),
+    )
+    .await;
+    let vic = w.approver("acme/vic").await;
+    let long_get = |id: String, seconds: i64| {
+        let mut client = vic.clone();
+        async move {
+            client
+                .get(pb::GetApprovalRequest {
+                    id,
+                    tenant: String::new(),
+                    wait_while_open: Some(prost_types::Duration { seconds, nanos: 0 }),
+                })
+                .await
+        }
+    };
+    // A viewer follows it; it is answered with the verdict, not after the
+    // 50 s it allowed (the test's own timeout is shorter).
+    let follower = tokio::spawn(long_get(id.clone(), 50));
+    // Let it read the approval while still PENDING (without the long poll
+    // it would answer PENDING now).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!follower.is_finished(), "the long poll waits");
+    w.decide("acme/alice", &id, pb::Verdict::Approve, "ok")
+        .await
+        .unwrap();
+    let decided = tokio::time::timeout(WAIT, follower)
+        .await
+        .expect("the long poll ends with the decision")
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&decided), pb::ApprovalState::Approved, "{decided:?}");
+    // On a closed approval it answers at once.
+    let closed = tokio::time::timeout(WAIT, long_get(id.clone(), 50))
+        .await
+        .unwrap()
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&closed), pb::ApprovalState::Approved);
+    // Past the longest poll: refused, naming the field.
+    let refused = long_get(id, 61).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert_eq!(aios_tests::violated_fields(&refused), ["wait_while_open"]);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rejection_and_timeout_each_end_with_a_clear_status() {
     let w = world().await;
     // Rejected while the caller waits.
@@ -765,6 +819,7 @@ async fn approvers_act_only_in_their_tenant_and_never_on_their_own_requests() {
         .get(pb::GetApprovalRequest {
             id: id.clone(),
             tenant: "acme".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -139,6 +139,12 @@ impl Board {
         open
     }
 
+    /// Every change from now on (a receiver that falls behind more than
+    /// the buffer is told it lagged).
+    pub fn changes(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
+    }
+
     /// (tenant, id) of every live approval due at `now`.
     pub fn due(&self, now: SystemTime) -> Vec<(String, String)> {
         let Ok(live) = self.inner.live.read() else {

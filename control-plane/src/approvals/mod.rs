@@ -21,6 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aios_model::{Kind, MAX_APPROVAL_TIMEOUT, SYSTEM_TENANT};
 use aios_proto::v1::{self as pb, ApprovalState, Verdict, resource::Spec};
 use prost::Message;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use self::machine::{Approver, Binding};
@@ -42,6 +43,8 @@ const MAX_ATTEMPTS: usize = 16;
 pub const ID_PREFIX: &str = "apr_";
 /// Actor of timeouts in the audit log.
 const SYSTEM_ACTOR: &str = "system";
+/// Longest long poll of `Get` (`wait_while_open`).
+pub const MAX_GET_WAIT: Duration = Duration::from_secs(60);
 
 /// Approvals in this replica; cheap to clone.
 #[derive(Clone, Debug)]
@@ -161,12 +164,15 @@ impl Approvals {
 
     // === Approver calls ===
 
-    /// One approval, for readers of its tenant (and nodes).
+    /// One approval, for readers of its tenant (and nodes); while it is
+    /// open, answered once it closes or after `wait_while_open` (zero: at
+    /// once).
     pub async fn get(
         &self,
         who: &Principal,
         tenant: &str,
         id: &str,
+        wait_while_open: Duration,
     ) -> Result<pb::Approval, ApprovalError> {
         let tenant = if who.role == Role::Node && who.tenant == SYSTEM_TENANT {
             // Nodes poll the approvals they asked for, in the caller's tenant.
@@ -179,8 +185,52 @@ impl Approvals {
             who.authorize(Access::Read)?;
             self.locate(who, tenant, id).await?
         };
-        let kv = self.read(&tenant, id).await?;
-        decode(&kv)
+        // Follow changes before reading, so a decision between the read and
+        // the wait is not missed.
+        let changes = (!wait_while_open.is_zero()).then(|| self.board.changes());
+        let approval = decode(&self.read(&tenant, id).await?)?;
+        match changes {
+            Some(changes) if machine::is_open(machine::state(&approval)) => {
+                self.wait_while_open(changes, &tenant, id, wait_while_open)
+                    .await
+            }
+            _ => Ok(approval),
+        }
+    }
+
+    /// The approval once it is no longer open, or as it is after `wait`.
+    async fn wait_while_open(
+        &self,
+        mut changes: broadcast::Receiver<board::Change>,
+        tenant: &str,
+        id: &str,
+        wait: Duration,
+    ) -> Result<pb::Approval, ApprovalError> {
+        let until = tokio::time::Instant::now() + wait.min(MAX_GET_WAIT);
+        loop {
+            match tokio::time::timeout_at(until, changes.recv()).await {
+                Ok(Ok(change)) => {
+                    let approval = &change.approval;
+                    if approval.id == id
+                        && approval.tenant == tenant
+                        && !machine::is_open(machine::state(approval))
+                    {
+                        return Ok(approval.as_ref().clone());
+                    }
+                }
+                // Some changes were missed: the store has the truth.
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
+                    let approval = decode(&self.read(tenant, id).await?)?;
+                    if !machine::is_open(machine::state(&approval)) {
+                        return Ok(approval);
+                    }
+                }
+                // Time is up, or the replica is shutting down.
+                Ok(Err(broadcast::error::RecvError::Closed)) | Err(_) => {
+                    return decode(&self.read(tenant, id).await?);
+                }
+            }
+        }
     }
 
     /// Records a verdict of an APPROVER (or ADMIN) of the approval's tenant.

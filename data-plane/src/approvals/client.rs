@@ -69,6 +69,7 @@ impl ApprovalClient {
         let message = pb::GetApprovalRequest {
             id: id.to_string(),
             tenant: tenant.to_string(),
+            wait_while_open: None,
         };
         self.call(message, |mut client, request| async move {
             client.get(request).await
