@@ -62,6 +62,10 @@ pub struct Cli {
     /// (2s-10m). What a crashed node held comes back after this long.
     #[arg(long, env = "AIOS_BUDGET_ALLOWANCE_TTL", value_name = "DURATION", value_parser = aios_runtime::config::parse_duration)]
     pub budget_allowance_ttl: Option<Duration>,
+    /// How long a budget ledger (spend of one window) is kept after its
+    /// window ends, e.g. `90d` (1h-3650d).
+    #[arg(long, env = "AIOS_BUDGET_LEDGER_RETENTION", value_name = "DURATION", value_parser = aios_runtime::config::parse_duration)]
+    pub budget_ledger_retention: Option<Duration>,
     /// Export every span to this OpenTelemetry collector (OTLP/gRPC), e.g.
     /// `http://otel-collector:4317`. Unset = no export.
     #[arg(long, env = "AIOS_OTLP_ENDPOINT", value_name = "URL")]
@@ -124,6 +128,11 @@ struct FileConfig {
         deserialize_with = "aios_runtime::config::deserialize_duration"
     )]
     budget_allowance_ttl: Option<Duration>,
+    #[serde(
+        default,
+        deserialize_with = "aios_runtime::config::deserialize_duration"
+    )]
+    budget_ledger_retention: Option<Duration>,
     otlp_endpoint: Option<String>,
     otlp_headers: Option<Vec<String>>,
     etcd_ca_file: Option<PathBuf>,
@@ -159,6 +168,8 @@ pub struct Config {
     pub telemetry_retention: Duration,
     /// How long a budget allowance lives unless renewed.
     pub budget_allowance_ttl: Duration,
+    /// How long a budget ledger is kept after its window ends.
+    pub budget_ledger_retention: Duration,
     /// Where spans are exported over OTLP; `None` = nowhere.
     pub otlp: Option<OtlpSettings>,
     /// Logging and shutdown.
@@ -206,6 +217,9 @@ impl Config {
             budget_allowance_ttl: allowance_ttl(
                 cli.budget_allowance_ttl.or(file.budget_allowance_ttl),
             )?,
+            budget_ledger_retention: ledger_retention(
+                cli.budget_ledger_retention.or(file.budget_ledger_retention),
+            )?,
             otlp: otlp(
                 cli.otlp_endpoint.or(file.otlp_endpoint),
                 match cli.otlp_headers.is_empty() {
@@ -230,6 +244,7 @@ impl Config {
             replica_id: default_replica_id(),
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             budget_allowance_ttl: crate::budget::DEFAULT_ALLOWANCE_TTL,
+            budget_ledger_retention: crate::budget::sweep::DEFAULT_LEDGER_RETENTION,
             otlp: None,
             process: ProcessConfig::default(),
         }
@@ -276,6 +291,19 @@ fn allowance_ttl(value: Option<Duration>) -> Result<Duration, ConfigError> {
         ));
     }
     Ok(ttl)
+}
+
+/// How long budget ledgers are kept after their window: 1 h to 3650 days.
+fn ledger_retention(value: Option<Duration>) -> Result<Duration, ConfigError> {
+    let retention = value.unwrap_or(crate::budget::sweep::DEFAULT_LEDGER_RETENTION);
+    if retention < Duration::from_secs(3600) || retention > Duration::from_secs(3650 * 86_400) {
+        return Err(ConfigError::invalid(
+            "--budget-ledger-retention",
+            format!("{}s", retention.as_secs_f64()),
+            "must be between 1h and 3650d",
+        ));
+    }
+    Ok(retention)
 }
 
 /// The OTLP export settings: a gRPC URL and `key=value` headers with

@@ -110,6 +110,13 @@ impl ControlPlane {
                 .await
                 .map_err(|e| store_error(&config.store, e))?;
         background_tasks.extend(approval_tasks);
+        let budgets = budget::Budgets::new(
+            store.clone(),
+            fleet.cache().clone(),
+            config.budget_allowance_ttl,
+        );
+        background_tasks
+            .push(budgets.sweep_ledgers(config.budget_ledger_retention, background.clone()));
         // Checked before serving starts, so the "serving" log line and the
         // first health answer already reflect the store.
         let store_ok = store_answers(&store).await;
@@ -121,11 +128,7 @@ impl ControlPlane {
                 admin::Admin::new(store.clone()),
                 fleet.clone(),
                 telemetry.clone(),
-                budget::Budgets::new(
-                    store.clone(),
-                    fleet.cache().clone(),
-                    config.budget_allowance_ttl,
-                ),
+                budgets,
                 approvals,
             ),
             services: aios_proto::CONTROL_PLANE_SERVICES,

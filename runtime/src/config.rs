@@ -150,7 +150,7 @@ impl<'de> Deserialize<'de> for ListenAddr {
     }
 }
 
-/// Parses a duration such as `500ms`, `10s`, `2m` or `1h`.
+/// Parses a duration such as `500ms`, `10s`, `2m`, `1h` or `90d`.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let split = s
@@ -165,9 +165,10 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         _ => {
             return Err(format!(
-                "invalid duration '{s}': unit must be ms, s, m or h"
+                "invalid duration '{s}': unit must be ms, s, m, h or d"
             ));
         }
     };
@@ -264,6 +265,10 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(
+            parse_duration("90d").unwrap(),
+            Duration::from_secs(90 * 86_400)
+        );
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("-1s").is_err());
     }

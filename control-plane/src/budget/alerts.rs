@@ -156,26 +156,25 @@ pub struct LedgerId {
     pub subject: String,
 }
 
+/// Which ledger `key` names, or `None` if it names none.
+pub fn ledger_id(key: &str) -> Option<LedgerId> {
+    let rest = key.strip_prefix(keys::BUDGET_LEDGERS)?;
+    let mut parts = rest.splitn(4, '/');
+    let (tenant, budget, window, subject) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    Some(LedgerId {
+        key: key.to_string(),
+        tenant: tenant.to_string(),
+        budget: budget.to_string(),
+        window_start: window.parse().ok()?,
+        subject: decode_subject(subject),
+    })
+}
+
 /// The ledger stored at `kv`, or `None` (logged) if the key or value is not
 /// one.
 fn parse(kv: &KeyValue) -> Option<(LedgerId, pb::BudgetLedger)> {
-    let parsed = kv
-        .key
-        .strip_prefix(keys::BUDGET_LEDGERS)
-        .and_then(|rest| {
-            let mut parts = rest.splitn(4, '/');
-            Some((parts.next()?, parts.next()?, parts.next()?, parts.next()?))
-        })
-        .and_then(|(tenant, budget, window, subject)| {
-            Some(LedgerId {
-                key: kv.key.clone(),
-                tenant: tenant.to_string(),
-                budget: budget.to_string(),
-                window_start: window.parse().ok()?,
-                subject: decode_subject(subject),
-            })
-        });
-    let Some(id) = parsed else {
+    let Some(id) = ledger_id(&kv.key) else {
         tracing::error!(key = %kv.key, "not a budget ledger key; ignored");
         return None;
     };

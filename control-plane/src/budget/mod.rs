@@ -14,6 +14,7 @@
 pub mod alerts;
 pub mod error;
 pub mod ledger;
+pub mod sweep;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -87,6 +88,16 @@ impl Budgets {
         });
         tokio::spawn(write(ledgers.clone(), jobs));
         Self { ledgers, writer }
+    }
+
+    /// Deletes ledgers `retention` after their window ends, once an hour,
+    /// until `shutdown` (see [`sweep`]).
+    pub fn sweep_ledgers(
+        &self,
+        retention: Duration,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(sweep::run(self.ledgers.clone(), retention, shutdown))
     }
 
     /// Applies a node's lines; one grant per line, in order. Requests
