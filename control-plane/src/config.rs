@@ -66,6 +66,10 @@ pub struct Cli {
     /// window ends, e.g. `90d` (1h-3650d).
     #[arg(long, env = "AIOS_BUDGET_LEDGER_RETENTION", value_name = "DURATION", value_parser = aios_runtime::config::parse_duration)]
     pub budget_ledger_retention: Option<Duration>,
+    /// How long a closed (rejected, expired or executed) approval is kept,
+    /// e.g. `30d` (1h-3650d); the audit log keeps its record after.
+    #[arg(long, env = "AIOS_APPROVAL_RETENTION", value_name = "DURATION", value_parser = aios_runtime::config::parse_duration)]
+    pub approval_retention: Option<Duration>,
     /// Export every span to this OpenTelemetry collector (OTLP/gRPC), e.g.
     /// `http://otel-collector:4317`. Unset = no export.
     #[arg(long, env = "AIOS_OTLP_ENDPOINT", value_name = "URL")]
@@ -133,6 +137,11 @@ struct FileConfig {
         deserialize_with = "aios_runtime::config::deserialize_duration"
     )]
     budget_ledger_retention: Option<Duration>,
+    #[serde(
+        default,
+        deserialize_with = "aios_runtime::config::deserialize_duration"
+    )]
+    approval_retention: Option<Duration>,
     otlp_endpoint: Option<String>,
     otlp_headers: Option<Vec<String>>,
     etcd_ca_file: Option<PathBuf>,
@@ -170,6 +179,8 @@ pub struct Config {
     pub budget_allowance_ttl: Duration,
     /// How long a budget ledger is kept after its window ends.
     pub budget_ledger_retention: Duration,
+    /// How long a closed approval is kept.
+    pub approval_retention: Duration,
     /// Where spans are exported over OTLP; `None` = nowhere.
     pub otlp: Option<OtlpSettings>,
     /// Logging and shutdown.
@@ -217,8 +228,15 @@ impl Config {
             budget_allowance_ttl: allowance_ttl(
                 cli.budget_allowance_ttl.or(file.budget_allowance_ttl),
             )?,
-            budget_ledger_retention: ledger_retention(
+            budget_ledger_retention: long_retention(
+                "--budget-ledger-retention",
                 cli.budget_ledger_retention.or(file.budget_ledger_retention),
+                crate::budget::sweep::DEFAULT_LEDGER_RETENTION,
+            )?,
+            approval_retention: long_retention(
+                "--approval-retention",
+                cli.approval_retention.or(file.approval_retention),
+                crate::approvals::retention::DEFAULT_APPROVAL_RETENTION,
             )?,
             otlp: otlp(
                 cli.otlp_endpoint.or(file.otlp_endpoint),
@@ -245,6 +263,7 @@ impl Config {
             telemetry_retention: DEFAULT_TELEMETRY_RETENTION,
             budget_allowance_ttl: crate::budget::DEFAULT_ALLOWANCE_TTL,
             budget_ledger_retention: crate::budget::sweep::DEFAULT_LEDGER_RETENTION,
+            approval_retention: crate::approvals::retention::DEFAULT_APPROVAL_RETENTION,
             otlp: None,
             process: ProcessConfig::default(),
         }
@@ -293,12 +312,17 @@ fn allowance_ttl(value: Option<Duration>) -> Result<Duration, ConfigError> {
     Ok(ttl)
 }
 
-/// How long budget ledgers are kept after their window: 1 h to 3650 days.
-fn ledger_retention(value: Option<Duration>) -> Result<Duration, ConfigError> {
-    let retention = value.unwrap_or(crate::budget::sweep::DEFAULT_LEDGER_RETENTION);
+/// A retention of records kept for people (ledgers, closed approvals):
+/// 1 h to 3650 days.
+fn long_retention(
+    flag: &'static str,
+    value: Option<Duration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let retention = value.unwrap_or(default);
     if retention < Duration::from_secs(3600) || retention > Duration::from_secs(3650 * 86_400) {
         return Err(ConfigError::invalid(
-            "--budget-ledger-retention",
+            flag,
             format!("{}s", retention.as_secs_f64()),
             "must be between 1h and 3650d",
         ));

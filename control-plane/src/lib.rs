@@ -110,6 +110,11 @@ impl ControlPlane {
                 .await
                 .map_err(|e| store_error(&config.store, e))?;
         background_tasks.extend(approval_tasks);
+        background_tasks.push(approvals::retention::start(
+            store.clone(),
+            config.approval_retention,
+            background.clone(),
+        ));
         let budgets = budget::Budgets::new(
             store.clone(),
             fleet.cache().clone(),

@@ -15,6 +15,7 @@ pub mod board;
 pub mod error;
 pub mod list;
 pub mod machine;
+pub mod retention;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

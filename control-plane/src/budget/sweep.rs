@@ -2,9 +2,8 @@
 //! per-user hourly budgets would grow the store without bound. Every
 //! replica sweeps once an hour (from a random offset): a ledger whose
 //! window ended more than `--budget-ledger-retention` ago (default 90 days)
-//! is deleted by compare-and-swap on its revision, so a late settle that
-//! lands meanwhile keeps it until the next sweep, and replicas racing
-//! each other delete it once. `GetStatus` reads only current windows, so
+//! is deleted by compare-and-swap on its revision ([`store::sweep`]), so a
+//! late settle that lands meanwhile keeps it until the next sweep. `GetStatus` reads only current windows, so
 //! this changes no answer.
 //!
 //! Ledgers of a budget no longer in force (deleted) are dated by their
@@ -20,7 +19,7 @@ use super::{alerts, in_force};
 use crate::{
     fleet::cache::Snapshot,
     keys,
-    store::{Compare, KeyValue, Op, RangeRequest, SharedStore, StoreError, TxnOutcome},
+    store::{self, KeyValue, SharedStore, StoreError},
 };
 
 /// How long a ledger is kept after its window ends (the default of
@@ -30,9 +29,6 @@ pub const DEFAULT_LEDGER_RETENTION: Duration = Duration::from_secs(90 * 86_400);
 pub const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 /// The longest budget window (a month), for ledgers of deleted budgets.
 const LONGEST_WINDOW: i64 = 31 * 86_400;
-/// Keys read per page, and deleted per transaction.
-const PAGE: usize = 500;
-const DELETES_PER_TXN: usize = 100;
 
 /// Whether the ledger at `kv` may go at `now`.
 fn expired(kv: &KeyValue, snapshot: &Snapshot, now: Timestamp, retention: Duration) -> bool {
@@ -59,77 +55,25 @@ pub async fn sweep(
     now: Timestamp,
     retention: Duration,
 ) -> Result<usize, StoreError> {
-    let mut deleted = 0;
-    let mut after = String::new();
-    loop {
-        let page = store
-            .range(RangeRequest {
-                prefix: keys::BUDGET_LEDGERS.to_string(),
-                after: after.clone(),
-                limit: PAGE,
-            })
-            .await?;
-        let expired: Vec<&KeyValue> = page
-            .kvs
-            .iter()
-            .filter(|kv| expired(kv, snapshot, now, retention))
-            .collect();
-        for chunk in expired.chunks(DELETES_PER_TXN) {
-            let compares = chunk
-                .iter()
-                .map(|kv| Compare::ModRevision {
-                    key: kv.key.clone(),
-                    equals: kv.mod_revision,
-                })
-                .collect();
-            let ops = chunk
-                .iter()
-                .map(|kv| Op::Delete {
-                    key: kv.key.clone(),
-                })
-                .collect();
-            // A ledger written meanwhile fails the whole chunk: the next
-            // sweep tries again.
-            if let TxnOutcome::Committed { .. } = store.txn(compares, ops).await? {
-                deleted += chunk.len();
-            }
-        }
-        match (page.more, page.kvs.last()) {
-            (true, Some(last)) => after = last.key.clone(),
-            _ => return Ok(deleted),
-        }
-    }
+    store::sweep::delete_expired(store, keys::BUDGET_LEDGERS, |kv| {
+        expired(kv, snapshot, now, retention).then(Vec::new)
+    })
+    .await
 }
 
-/// Sweeps every [`SWEEP_EVERY`] until `shutdown`, first after a random
-/// part of it (so replicas started together do not sweep together).
+/// Sweeps every [`SWEEP_EVERY`] until `shutdown`.
 pub(super) async fn run(
     ledgers: std::sync::Arc<super::Ledgers>,
     retention: Duration,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let offset = SWEEP_EVERY.mul_f64(rand::random::<f64>());
-    let mut next = tokio::time::Instant::now() + offset;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(next) => {}
-        }
-        next += SWEEP_EVERY;
+    store::sweep::every(SWEEP_EVERY, "budget ledgers", shutdown, || {
         let snapshot = ledgers.cache.current();
-        match sweep(
-            &ledgers.store,
-            &snapshot,
-            super::now(&ledgers.clock),
-            retention,
-        )
-        .await
-        {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "deleted budget ledgers past their retention"),
-            Err(error) => tracing::warn!(%error, "budget ledger sweep failed; next one in an hour"),
-        }
-    }
+        let now = super::now(&ledgers.clock);
+        let store = ledgers.store.clone();
+        async move { sweep(&store, &snapshot, now, retention).await }
+    })
+    .await;
 }
 
 #[cfg(test)]

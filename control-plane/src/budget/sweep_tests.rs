@@ -11,7 +11,7 @@ use super::*;
 use crate::{
     budget::{LedgerId, ledger_key},
     fleet::cache::ConfigCache,
-    store::embedded::EmbeddedStore,
+    store::{Op, embedded::EmbeddedStore},
 };
 
 const HOUR: Duration = Duration::from_secs(3600);

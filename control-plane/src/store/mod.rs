@@ -18,6 +18,7 @@
 pub mod conformance;
 pub mod embedded;
 pub mod etcd;
+pub mod sweep;
 pub mod watch;
 
 use std::{sync::Arc, time::Duration};
