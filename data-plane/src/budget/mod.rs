@@ -20,6 +20,7 @@
 pub mod reporter;
 
 use std::{
+    cell::Cell,
     collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
@@ -165,6 +166,41 @@ pub enum Shortfall {
     },
 }
 
+/// A waiting call's want, posted on its enforced ledgers: withdrawn when
+/// the call is granted or refused, or when it is dropped while waiting (its
+/// request was cancelled), so an abandoned call neither keeps the node
+/// asking for (and holding) allowance nor hides a spent budget from
+/// [`Purse::known_short`].
+struct Posted<'a> {
+    purse: &'a Purse,
+    keys: &'a [(LedgerKey, bool)],
+    amount: i64,
+    /// Posted and not yet withdrawn.
+    active: Cell<bool>,
+}
+
+impl Posted<'_> {
+    /// Withdraws the want, if posted, from `ledgers` (the purse's, locked).
+    fn withdraw(&self, ledgers: &mut HashMap<LedgerKey, Ledger>) {
+        if !self.active.replace(false) {
+            return;
+        }
+        for (key, _) in self.keys.iter().filter(|(_, enforce)| *enforce) {
+            if let Some(ledger) = ledgers.get_mut(key) {
+                ledger.waiting -= self.amount;
+            }
+        }
+    }
+}
+
+impl Drop for Posted<'_> {
+    fn drop(&mut self) {
+        if self.active.get() {
+            self.withdraw(&mut self.purse.ledgers());
+        }
+    }
+}
+
 /// The node's allowances. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Purse {
@@ -235,6 +271,14 @@ impl Purse {
         let wait_until = wait_until.min(Instant::now() + MAX_WAIT);
         // Answers each short ledger must see before the call gives up.
         let mut awaited: Option<Vec<(LedgerKey, u64)>> = None;
+        // What this call added to its ledgers' waiting; withdrawn however
+        // the call ends, also when it is dropped while waiting.
+        let posted = Posted {
+            purse: self,
+            keys,
+            amount,
+            active: Cell::new(false),
+        };
         loop {
             let notified = self.inner.answered.notified();
             tokio::pin!(notified);
@@ -267,26 +311,25 @@ impl Purse {
                         key: key.clone(),
                         remaining: l.remaining,
                     });
-                let posted = awaited.is_some();
+                // The most this call could ever get in this window: what its
+                // budgets have left, fleet-wide, as last answered.
+                let ceiling = enforced()
+                    .filter_map(|(key, _)| ledgers.get(key))
+                    .filter(|l| l.answers > 0)
+                    .map(|l| l.limit - l.spent)
+                    .min()
+                    .unwrap_or(i64::MAX);
                 let take = |ledgers: &mut HashMap<LedgerKey, Ledger>, take: i64| {
+                    posted.withdraw(ledgers);
                     for (key, _) in keys.iter().filter(|(_, enforce)| *enforce) {
                         if let Some(ledger) = ledgers.get_mut(key) {
                             ledger.reserved += take;
-                            if posted {
-                                ledger.waiting -= amount;
-                            }
                         }
                     }
                     Ok(take)
                 };
                 let give_up = |ledgers: &mut HashMap<LedgerKey, Ledger>, shortfall: Shortfall| {
-                    if posted {
-                        for (key, _) in keys.iter().filter(|(_, enforce)| *enforce) {
-                            if let Some(ledger) = ledgers.get_mut(key) {
-                                ledger.waiting -= amount;
-                            }
-                        }
-                    }
+                    posted.withdraw(ledgers);
                     Err(shortfall)
                 };
                 if can >= amount {
@@ -298,6 +341,11 @@ impl Purse {
                         // All that is left: a smaller call may still fit.
                         Some(_) if can >= min && can > 0 => return take(&mut ledgers, can),
                         Some(shortfall) => return give_up(&mut ledgers, shortfall),
+                        // Nearly spent, and the rest is all here: more will
+                        // not come, so waiting would only delay the call.
+                        None if can >= min && can > 0 && can >= ceiling => {
+                            return take(&mut ledgers, can);
+                        }
                         None if late && can >= min && can > 0 => return take(&mut ledgers, can),
                         None if late => {
                             let short = enforced()
@@ -346,6 +394,7 @@ impl Purse {
                             list.push((key.clone(), ledger.answers + 1 + in_flight));
                         }
                     }
+                    posted.active.set(true);
                     awaited = Some(list);
                     self.inner.wake.notify_one();
                 }

@@ -218,3 +218,7 @@ impl Drop for Hold {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "budget_tests.rs"]
+mod tests;

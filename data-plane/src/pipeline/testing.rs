@@ -68,3 +68,26 @@ pub(crate) fn key_resource(
         spec: Some(Spec::ApiKey(spec)),
     }
 }
+
+/// A tenant-wide BLOCK Budget of 10 USD over all time, changed by `edit`.
+pub(crate) fn budget_resource(
+    tenant: &str,
+    name: &str,
+    edit: impl FnOnce(&mut pb::BudgetSpec),
+) -> pb::Resource {
+    let mut spec = pb::BudgetSpec {
+        scope: Some(pb::BudgetScope {
+            kind: pb::BudgetScopeKind::Tenant as i32,
+            subject: String::new(),
+        }),
+        window: pb::BudgetWindow::Total as i32,
+        limit_usd: 10.0,
+        on_exceed: pb::OnExceed::Block as i32,
+        ..Default::default()
+    };
+    edit(&mut spec);
+    pb::Resource {
+        metadata: meta(tenant, name),
+        spec: Some(Spec::Budget(spec)),
+    }
+}
