@@ -30,6 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::write(out.join("aios_descriptor.bin"), fds.encode_to_vec())?;
 
     tonic_prost_build::configure()
+        // A node's span batch stays a view of the received buffer: the
+        // control plane stores it as sent.
+        .bytes(".aios.v1.ReportRequest.batch")
         // Services not yet implemented answer UNIMPLEMENTED instead of failing
         // to compile, so the contract can grow ahead of the servers.
         .generate_default_stubs(true)

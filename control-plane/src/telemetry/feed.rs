@@ -8,9 +8,12 @@
 //! folds only the records written while history was gone. Deletes (lease
 //! expiry) change nothing: rollups outlive the raw batches.
 //!
-//! The replica that took a batch already decoded it: ingest hands it over
-//! ([`Handoff`]) keyed by the revision it was stored at, and the feed folds
-//! that instead of decoding the record again. Other replicas decode.
+//! Batches are folded as their nodes encoded them ([`Encoded`]): spans are
+//! read in place for the rollups and the trace index, and decoded only for
+//! a `GetTrace` or a subscriber. The replica that took a batch already read
+//! it: ingest hands it over ([`Handoff`]) keyed by its record key, and the
+//! feed folds that instead of reading the record again. Other replicas read
+//! the record.
 
 use std::{
     collections::HashMap,
@@ -18,12 +21,14 @@ use std::{
     time::Duration,
 };
 
-use aios_proto::v1 as pb;
 use futures::StreamExt;
-use prost::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::{Shared, ingest::unix_now};
+use super::{
+    Shared,
+    ingest::unix_now,
+    wire::{Encoded, SpanView},
+};
 use crate::{
     keys,
     store::{
@@ -40,36 +45,17 @@ const RETRY: Duration = Duration::from_millis(500);
 // === Handoff ===
 
 /// Batches this replica is storing whole, by record key, for its feed to
-/// fold without decoding the record. Ingest offers a batch before writing
+/// fold without reading the record. Ingest offers a batch before writing
 /// it (the watch may deliver the record before the write call returns) and
 /// withdraws it unless the write commits; the feed claims it by key.
 #[derive(Debug, Default)]
-pub(crate) struct Handoff(Mutex<HashMap<String, Folded>>);
-
-/// A batch ready to fold: who sent it, when it was taken.
-#[derive(Debug)]
-pub(crate) struct Folded {
-    node: String,
-    unix_minute: u64,
-    batch: pb::SpanBatch,
-}
+pub(crate) struct Handoff(Mutex<HashMap<String, Encoded>>);
 
 impl Handoff {
-    /// Offers `batch`, to be stored whole at record `key`, taken from `node`
-    /// in `unix_minute`. Dropping the returned guard withdraws it.
-    pub(crate) fn offer(
-        &self,
-        key: String,
-        node: &str,
-        unix_minute: u64,
-        batch: pb::SpanBatch,
-    ) -> Handing<'_> {
-        let folded = Folded {
-            node: node.to_string(),
-            unix_minute,
-            batch,
-        };
-        self.lock().insert(key.clone(), folded);
+    /// Offers `batch`, to be stored whole at record `key`. Dropping the
+    /// returned guard withdraws it.
+    pub(crate) fn offer(&self, key: String, batch: Encoded) -> Handing<'_> {
+        self.lock().insert(key.clone(), batch);
         Handing {
             handoff: self,
             key: Some(key),
@@ -77,11 +63,11 @@ impl Handoff {
     }
 
     /// The batch offered for record `key`, if any.
-    fn claim(&self, key: &str) -> Option<Folded> {
+    fn claim(&self, key: &str) -> Option<Encoded> {
         self.lock().remove(key)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Folded>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Encoded>> {
         self.0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -205,36 +191,43 @@ fn apply(shared: &Shared, update: Update, folded: &mut Revision) {
     shared.folded.send_replace(*folded);
 }
 
-/// Decodes batch records (or takes them from the handoff), folds them into
-/// the rollups, indexes their traces and offers their spans to subscribers.
+/// Reads batch records (or takes them from the handoff), folds them into
+/// the rollups, indexes their traces and offers them to subscribers.
 fn fold<'a>(shared: &Shared, kvs: impl Iterator<Item = &'a KeyValue>) {
-    // Decoding is the costly part: done before any lock is taken.
-    let decoded: Vec<Folded> = kvs
-        .filter_map(|kv| shared.handoff.claim(&kv.key).or_else(|| decode(kv)))
+    let batches: Vec<Arc<Encoded>> = kvs
+        .filter_map(|kv| shared.handoff.claim(&kv.key).or_else(|| read(kv)))
+        .map(Arc::new)
         .collect();
-    if decoded.is_empty() {
+    if batches.is_empty() {
         return;
     }
+    // Reading the spans is the costly part: done before any lock is taken.
+    let views: Vec<Vec<(usize, SpanView<'_>)>> = batches
+        .iter()
+        .map(|batch| batch.views().collect())
+        .collect();
     let now = unix_now() as i64;
     {
         let mut rollups = shared.rollups_mut();
-        for folded in &decoded {
-            rollups.fold(&folded.node, folded.unix_minute, &folded.batch, now);
+        for (batch, spans) in batches.iter().zip(&views) {
+            rollups.fold(
+                &batch.node,
+                batch.unix_minute,
+                spans.iter().map(|&(_, span)| span),
+                batch.layout.dropped_spans,
+                now,
+            );
         }
     }
-    let batches: Vec<Arc<[pb::Span]>> = decoded
-        .into_iter()
-        .filter(|folded| !folded.batch.spans.is_empty())
-        .map(|folded| folded.batch.spans.into())
-        .collect();
     {
         let mut traces = shared.traces();
-        for batch in &batches {
-            traces.add(batch);
+        for (batch, spans) in batches.iter().zip(&views) {
+            traces.add(batch, spans);
         }
     }
+    drop(views);
     if shared.spans.receiver_count() > 0 {
-        for batch in batches {
+        for batch in batches.into_iter().filter(|batch| batch.len() > 0) {
             // No receiver left is fine: subscribers come and go.
             let _ = shared.spans.send(batch);
         }
@@ -242,19 +235,20 @@ fn fold<'a>(shared: &Shared, kvs: impl Iterator<Item = &'a KeyValue>) {
 }
 
 /// A batch record's batch; `None` (logged) for anything else.
-fn decode(kv: &KeyValue) -> Option<Folded> {
+fn read(kv: &KeyValue) -> Option<Encoded> {
     let Some(key) = keys::parse_telemetry_batch(&kv.key) else {
         tracing::warn!(key = %kv.key, "unexpected key under the telemetry batches; ignored");
         return None;
     };
-    match pb::SpanBatch::decode(kv.value.as_slice()) {
-        Ok(batch) => Some(Folded {
-            node: key.node.to_string(),
-            unix_minute: key.unix_minute,
-            batch,
-        }),
+    match Encoded::read(key.node, key.unix_minute, kv.value.clone().into()) {
+        Ok(batch) => Some(batch),
         Err(error) => {
-            tracing::error!(key = %kv.key, %error, "undecodable span batch in the store; not folded");
+            tracing::error!(
+                key = %kv.key,
+                field = %error.field,
+                error = %error.why,
+                "undecodable span batch in the store; not folded"
+            );
             None
         }
     }
@@ -262,6 +256,9 @@ fn decode(kv: &KeyValue) -> Option<Folded> {
 
 #[cfg(test)]
 mod tests {
+    use aios_proto::v1 as pb;
+    use prost::Message;
+
     use super::*;
     use crate::{
         keys::BatchKey,
@@ -359,16 +356,15 @@ mod tests {
             kind: EventKind::Put,
             kv,
         };
-        let batch = |sequence| pb::SpanBatch::decode(record(sequence, 0).value.as_slice()).unwrap();
+        let minute = unix_now() / 60;
+        let batch =
+            |sequence| Encoded::read("n1", minute, record(sequence, 0).value.into()).unwrap();
         // The record's bytes are not a batch: only the handoff can fold it.
         let garbage = |sequence, revision| KeyValue {
             value: b"not a batch".to_vec(),
             ..record(sequence, revision)
         };
-        let minute = unix_now() / 60;
-        let kept = shared
-            .handoff
-            .offer(garbage(1, 5).key, "n1", minute, batch(1));
+        let kept = shared.handoff.offer(garbage(1, 5).key, batch(1));
         kept.keep();
         apply(
             &shared,
@@ -378,16 +374,10 @@ mod tests {
         assert_eq!((folded, requests(&shared)), (5, 1));
         assert!(shared.handoff.lock().is_empty(), "claimed once");
         // A write that did not commit withdraws its offer.
-        drop(
-            shared
-                .handoff
-                .offer(garbage(2, 0).key, "n1", minute, batch(2)),
-        );
+        drop(shared.handoff.offer(garbage(2, 0).key, batch(2)));
         assert!(shared.handoff.lock().is_empty());
         // The feed may claim before the write returns; keeping it then is harmless.
-        let early = shared
-            .handoff
-            .offer(record(3, 0).key, "n1", minute, batch(3));
+        let early = shared.handoff.offer(record(3, 0).key, batch(3));
         apply(
             &shared,
             Update::Events(vec![put(record(3, 8))]),

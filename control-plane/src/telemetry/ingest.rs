@@ -1,7 +1,10 @@
 //! `Report`: takes span batches from nodes into the store, exactly once.
 //!
 //! The store is the durable log, so any replica can serve any node. A batch
-//! is taken by one transaction that compares the node's acked key with the
+//! arrives as the node encoded it and is stored so ([`Encoded`]): ingest
+//! reads it in place to check it (every span, as strictly as decoding) and
+//! decodes it only to split one too large for a record, or to export it.
+//! It is taken by one transaction that compares the node's acked key with the
 //! `mod_revision` read, then puts the batch (split into parts when large)
 //! under the current minute's retention lease and the new acked sequence.
 //! A batch at or below the acked sequence is a duplicate: acknowledged
@@ -15,7 +18,7 @@ use std::{
 
 use aios_proto::v1::{self as pb, report_request::Msg};
 use futures::{StreamExt, stream::BoxStream};
-use prost::Message;
+use prost::{Message, bytes::Bytes};
 use tokio_util::sync::CancellationToken;
 use tonic::{Status, Streaming};
 
@@ -23,6 +26,7 @@ use super::{
     TelemetryError,
     feed::Handoff,
     otlp::{self, OtlpExporter},
+    wire::{Encoded, Layout, Malformed},
 };
 use crate::{
     keys::{self, BatchKey},
@@ -222,35 +226,37 @@ impl Ingest {
         })
     }
 
-    /// Takes `batch` from `hello`'s node, given what was acked when last
-    /// read. Spans without a node get the stream's node.
+    /// Takes `batch` (an encoded `SpanBatch`) from `hello`'s node, given
+    /// what was acked when last read. Spans without a node ran on the
+    /// stream's node (readers fill it in from the record key).
     pub async fn take(
         &self,
         hello: &Hello,
         mut acked: Acked,
-        mut batch: pb::SpanBatch,
+        batch: Bytes,
     ) -> Result<Taken, TelemetryError> {
-        check_batch(&batch)?;
-        if batch.sequence <= acked.sequence {
+        let minute = unix_now() / 60;
+        let batch = Encoded::read(&hello.node_id, minute, batch).map_err(malformed)?;
+        check_batch(&batch.layout)?;
+        if batch.layout.sequence <= acked.sequence {
             return Ok(Taken::Duplicate { acked });
         }
-        for span in batch.spans.iter_mut().filter(|span| span.node.is_empty()) {
-            span.node.clone_from(&hello.node_id);
-        }
-        let sequence = batch.sequence;
-        // Converted now (`records` consumes the batch), offered once stored.
-        let export = self
-            .exporter
-            .as_ref()
-            .map(|_| otlp::convert(&hello.node_id, &hello.region, &batch));
-        let minute = unix_now() / 60;
-        let (records, whole) = records(hello, minute, batch, self.part_bytes)?;
+        let sequence = batch.layout.sequence;
+        let spans = batch.len() as u64;
+        // Converted now, offered once stored.
+        let export = match &self.exporter {
+            Some(_) => Some(otlp::convert(
+                &hello.node_id,
+                &hello.region,
+                &batch.decode().map_err(undecodable)?,
+            )),
+            None => None,
+        };
+        let (records, whole) = records(hello, minute, &batch, self.part_bytes)?;
         // Offered before the write: the feed may see the record before the
         // write returns. Withdrawn on any way out but a commit.
         let handing = match (&self.handoff, whole) {
-            (Some(handoff), Some(batch)) => {
-                Some(handoff.offer(records[0].0.clone(), &hello.node_id, minute, batch))
-            }
+            (Some(handoff), true) => Some(handoff.offer(records[0].0.clone(), batch)),
             _ => None,
         };
         let acked_key = keys::telemetry_acked(&hello.node_id, &hello.incarnation);
@@ -285,6 +291,7 @@ impl Ingest {
                     if let Some(handing) = handing {
                         handing.keep();
                     }
+                    metrics::counter!("aios_telemetry_spans_total").increment(spans);
                     return Ok(Taken::Written { acked });
                 }
                 Ok(TxnOutcome::Conflict { .. }) => {
@@ -302,8 +309,23 @@ impl Ingest {
     }
 }
 
+/// A batch that does not read, as the field at fault.
+fn malformed(error: Malformed) -> TelemetryError {
+    let field = match error.field.as_str() {
+        "" => "batch".to_string(),
+        field => format!("batch.{field}"),
+    };
+    TelemetryError::invalid(field, error.why)
+}
+
+/// A batch that read but did not decode (reading checks what decoding
+/// does, so this is not expected).
+fn undecodable(error: prost::DecodeError) -> TelemetryError {
+    TelemetryError::invalid("batch", error.to_string())
+}
+
 /// Checks what the store cannot fix for the node.
-fn check_batch(batch: &pb::SpanBatch) -> Result<(), TelemetryError> {
+fn check_batch(batch: &Layout) -> Result<(), TelemetryError> {
     let mut violations = Vec::new();
     if batch.sequence == 0 {
         violations.push(("batch.sequence".into(), "must be at least 1".into()));
@@ -323,20 +345,19 @@ fn check_batch(batch: &pb::SpanBatch) -> Result<(), TelemetryError> {
     }
 }
 
-/// The batch's store records: one, or parts when it encodes larger than
-/// `part_bytes`.
 /// A store record: key and value.
 pub(crate) type Record = (String, Vec<u8>);
 
-/// The store records of `batch`, and the batch itself back when it fits in
-/// one record (a split batch may lose spans too large to store, so only a
-/// whole one can stand for what was stored).
+/// The store records of `batch`: its encoding as the node sent it, or parts
+/// when it is larger than `part_bytes`; and whether it is stored whole (a
+/// split batch may lose spans too large to store, so only a whole one can
+/// stand for what was stored).
 pub(crate) fn records(
     hello: &Hello,
     unix_minute: u64,
-    batch: pb::SpanBatch,
+    batch: &Encoded,
     part_bytes: usize,
-) -> Result<(Vec<Record>, Option<pb::SpanBatch>), TelemetryError> {
+) -> Result<(Vec<Record>, bool), TelemetryError> {
     let key = |sequence, part| {
         BatchKey {
             unix_minute,
@@ -347,12 +368,17 @@ pub(crate) fn records(
         }
         .key()
     };
-    if batch.encoded_len() <= part_bytes {
-        let record = (key(batch.sequence, None), batch.encode_to_vec());
-        return Ok((vec![record], Some(batch)));
+    let sequence = batch.layout.sequence;
+    if batch.bytes.len() <= part_bytes {
+        let record = (key(sequence, None), batch.bytes.to_vec());
+        return Ok((vec![record], true));
     }
-    let sequence = batch.sequence;
-    let parts = split(batch, part_bytes);
+    let mut whole = batch.decode().map_err(undecodable)?;
+    // Parts are re-encoded anyway: they say whose spans they hold.
+    for span in whole.spans.iter_mut().filter(|span| span.node.is_empty()) {
+        span.node.clone_from(&hello.node_id);
+    }
+    let parts = split(whole, part_bytes);
     // One operation is the acked key's.
     if parts.len() >= MAX_TXN_OPS {
         return Err(TelemetryError::invalid(
@@ -368,7 +394,7 @@ pub(crate) fn records(
         .enumerate()
         .map(|(i, part)| (key(sequence, Some(i as u32)), part.encode_to_vec()))
         .collect();
-    Ok((records, None))
+    Ok((records, false))
 }
 
 /// Cuts `batch` into parts that each encode within `part_bytes`, in span
@@ -547,7 +573,6 @@ impl Serving {
         };
         match request.msg {
             Some(Msg::Batch(batch)) => {
-                let spans = batch.spans.len();
                 let taken = self.ingest.take(&self.hello, self.acked, batch).await?;
                 let outcome = match taken {
                     Taken::Written { .. } => "written",
@@ -559,9 +584,6 @@ impl Serving {
                     "outcome" => outcome,
                 )
                 .increment(1);
-                if let Taken::Written { .. } = taken {
-                    metrics::counter!("aios_telemetry_spans_total").increment(spans as u64);
-                }
                 self.acked = taken.acked();
                 Ok(Some(self.ack()))
             }

@@ -21,6 +21,7 @@ pub mod otlp;
 pub mod query;
 pub mod rollup;
 pub mod traces;
+mod wire;
 
 use std::{
     sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard},
@@ -82,13 +83,13 @@ impl TelemetrySettings {
 pub(crate) struct Shared {
     rollups: RwLock<Rollups>,
     traces: Mutex<TraceIndex>,
-    /// Spans of each folded batch, for subscribers.
-    spans: broadcast::Sender<Arc<[pb::Span]>>,
+    /// Each folded batch, for subscribers.
+    spans: broadcast::Sender<Arc<wire::Encoded>>,
     /// Highest store revision folded.
     folded: watch::Sender<Revision>,
     /// Firing alerts and alert transitions, for subscribers.
     alerts: alerts::AlertBoard,
-    /// Batches this replica's ingest decoded, for its feed.
+    /// Batches this replica's ingest read, for its feed.
     handoff: Arc<feed::Handoff>,
 }
 

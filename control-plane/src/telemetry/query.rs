@@ -19,6 +19,7 @@ use super::{
     alerts::Transition,
     ingest::unix_now,
     rollup::{Cell, Filter, Granularity, TenantScope, Totals},
+    wire::Encoded,
 };
 use crate::auth::{AuthError, Principal};
 
@@ -344,7 +345,7 @@ struct Subscription {
     filter: Filter,
     granularity: Granularity,
     grace: Duration,
-    spans: Option<broadcast::Receiver<Arc<[pb::Span]>>>,
+    spans: Option<broadcast::Receiver<Arc<Encoded>>>,
     alerts: Option<(broadcast::Receiver<Arc<Transition>>, AlertAudience)>,
     /// Events ready to send; at most one folded batch's spans and a rollup.
     pending: VecDeque<pb::SubscribeResponse>,
@@ -384,10 +385,11 @@ impl Subscription {
                 batch = recv(&mut self.spans) => match batch {
                     Ok(batch) => self.pending.extend(
                         batch
-                            .iter()
-                            .filter(|span| self.filter.matches(span))
+                            .views()
+                            .filter(|(_, span)| self.filter.admits(span, &batch.node))
+                            .filter_map(|(index, _)| batch.span(index))
                             .map(|span| pb::SubscribeResponse {
-                                event: Some(Event::Span(span.clone())),
+                                event: Some(Event::Span(span)),
                             }),
                     ),
                     Err(RecvError::Lagged(skipped)) => {
@@ -417,8 +419,8 @@ impl Subscription {
 
 /// The next folded batch; never, without a receiver.
 async fn recv(
-    spans: &mut Option<broadcast::Receiver<Arc<[pb::Span]>>>,
-) -> Result<Arc<[pb::Span]>, RecvError> {
+    spans: &mut Option<broadcast::Receiver<Arc<Encoded>>>,
+) -> Result<Arc<Encoded>, RecvError> {
     match spans {
         Some(receiver) => receiver.recv().await,
         None => std::future::pending().await,

@@ -7,14 +7,15 @@
 //! dimension string, window or cell: strings are interned into small ids,
 //! cells live in hash maps keyed by those ids with a fast non-cryptographic
 //! hasher, and each span's figures are computed once for its three cells.
-//! Spans stay wire types here: converting millions of them into domain
-//! structs only to read a few fields would cost more than the fold.
+//! Spans stay wire data here, read in place ([`SpanView`]: borrowed
+//! strings and numbers): decoding millions of them into owned structs only
+//! to read a few fields would cost more than the fold.
 
 use std::collections::{BTreeMap, HashMap};
 
 use aios_proto::v1 as pb;
 
-use super::histogram::Histogram;
+use super::{histogram::Histogram, wire::SpanView};
 
 // === Fast maps ===
 
@@ -224,21 +225,23 @@ struct Figures {
 /// Request spans are whole executions: the agent invocation, or an
 /// embeddings call. Their children (model and tool calls) are not requests.
 pub fn is_request(span: &pb::Span) -> bool {
-    matches!(span.operation.as_str(), "invoke_agent" | "embeddings")
+    is_request_operation(&span.operation)
+}
+
+/// Whether spans of `operation` are request spans (see [`is_request`]).
+pub fn is_request_operation(operation: &str) -> bool {
+    matches!(operation, "invoke_agent" | "embeddings")
 }
 
 impl Figures {
-    fn of(span: &pb::Span) -> Self {
+    fn of(span: &SpanView<'_>) -> Self {
         // A node's bad number must not poison every sum it lands in.
         let finite = |usd: f64| if usd.is_finite() { usd } else { 0.0 };
         let cost_usd = finite(span.cost_usd);
         let baseline = finite(span.baseline_cost_usd);
         Self {
-            request: is_request(span),
-            error: span
-                .status
-                .as_ref()
-                .is_some_and(|s| s.code == pb::SpanStatusCode::Error as i32),
+            request: is_request_operation(span.operation),
+            error: span.status_code == pb::SpanStatusCode::Error as i32,
             cache_hit: span.cache_hit,
             latency_nanos: span
                 .end_time_unix_nano
@@ -295,16 +298,27 @@ impl Filter {
 
     /// Whether `span` is in scope.
     pub fn matches(&self, span: &pb::Span) -> bool {
+        self.admits(&SpanView::of(span), "")
+    }
+
+    /// Whether `span`, from a batch sent by `sender` (its node when it
+    /// names none), is in scope.
+    pub fn admits(&self, span: &SpanView<'_>, sender: &str) -> bool {
         let field = |want: &str, have: &str| want.is_empty() || want == have;
         let tenant = match &self.tenant {
             TenantScope::All => true,
-            TenantScope::One(tenant) => *tenant == span.tenant,
+            TenantScope::One(tenant) => tenant == span.tenant,
+        };
+        let node = if span.node.is_empty() {
+            sender
+        } else {
+            span.node
         };
         tenant
-            && field(&self.agent, &span.agent)
-            && field(&self.model, &span.model)
-            && field(&self.region, &span.region)
-            && field(&self.node, &span.node)
+            && field(&self.agent, span.agent)
+            && field(&self.model, span.model)
+            && field(&self.region, span.region)
+            && field(&self.node, node)
     }
 }
 
@@ -361,16 +375,24 @@ impl Rollups {
         }
     }
 
-    /// Folds one stored batch, taken from `node` in `unix_minute`, at wall
-    /// clock second `now`. Spans in windows no longer kept are skipped.
-    pub fn fold(&mut self, node: &str, unix_minute: u64, batch: &pb::SpanBatch, now: i64) {
+    /// Folds one stored batch's `spans`, taken from `node` in
+    /// `unix_minute` with `dropped_spans` reported, at wall clock second
+    /// `now`. Spans in windows no longer kept are skipped.
+    pub fn fold<'a>(
+        &mut self,
+        node: &str,
+        unix_minute: u64,
+        spans: impl IntoIterator<Item = SpanView<'a>>,
+        dropped_spans: u64,
+        now: i64,
+    ) {
         if now > self.pruned_at {
             self.prune(now);
         }
-        let mut newest: Option<&pb::Span> = None;
-        for span in &batch.spans {
-            let dims = self.dims(span, node);
-            let figures = Figures::of(span);
+        let mut newest: Option<SpanView<'a>> = None;
+        for span in spans {
+            let dims = self.dims(&span, node);
+            let figures = Figures::of(&span);
             let end = seconds(span.end_time_unix_nano);
             for granularity in Granularity::ALL {
                 if let Some(cell) = self.cell(granularity, end, dims, now) {
@@ -381,11 +403,11 @@ impl Rollups {
                 newest = Some(span);
             }
         }
-        if batch.dropped_spans > 0 {
+        if dropped_spans > 0 {
             // Drops are the node's, not a tenant's: the batch's node, the
             // window of its newest span (else the minute it was taken).
             let (end, region) = match newest {
-                Some(span) => (seconds(span.end_time_unix_nano), span.region.as_str()),
+                Some(span) => (seconds(span.end_time_unix_nano), span.region),
                 None => ((unix_minute as i64).saturating_mul(60), ""),
             };
             let dims = Dims {
@@ -395,7 +417,7 @@ impl Rollups {
             };
             for granularity in Granularity::ALL {
                 if let Some(cell) = self.cell(granularity, end, dims, now) {
-                    cell.dropped_spans = cell.dropped_spans.saturating_add(batch.dropped_spans);
+                    cell.dropped_spans = cell.dropped_spans.saturating_add(dropped_spans);
                 }
             }
         }
@@ -456,11 +478,11 @@ impl Rollups {
         Some(window.entry(dims).or_default())
     }
 
-    fn dims(&mut self, span: &pb::Span, node: &str) -> Dims {
+    fn dims(&mut self, span: &SpanView<'_>, node: &str) -> Dims {
         let node = if span.node.is_empty() {
             node
         } else {
-            &span.node
+            span.node
         };
         if let Some(last) = self.last {
             let s = &self.strings;
@@ -474,10 +496,10 @@ impl Rollups {
             }
         }
         let dims = Dims {
-            tenant: self.strings.intern(&span.tenant),
-            agent: self.strings.intern(&span.agent),
-            model: self.strings.intern(&span.model),
-            region: self.strings.intern(&span.region),
+            tenant: self.strings.intern(span.tenant),
+            agent: self.strings.intern(span.agent),
+            model: self.strings.intern(span.model),
+            region: self.strings.intern(span.region),
             node: self.strings.intern(node),
         };
         self.last = Some(dims);

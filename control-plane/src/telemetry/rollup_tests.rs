@@ -78,6 +78,15 @@ fn batch(spans: &[S], dropped: u64) -> pb::SpanBatch {
     }
 }
 
+/// Folds `batch` as the feed does: encoded, then read in place.
+fn fold(rollups: &mut Rollups, node: &str, unix_minute: u64, batch: &pb::SpanBatch, now: i64) {
+    use prost::Message;
+    let encoded =
+        super::super::wire::Encoded::read(node, unix_minute, batch.encode_to_vec().into()).unwrap();
+    let spans = encoded.views().map(|(_, span)| span);
+    rollups.fold(node, unix_minute, spans, encoded.layout.dropped_spans, now);
+}
+
 fn minute_of(t: i64) -> Vec<(Granularity, i64)> {
     vec![(Granularity::Minute, Granularity::Minute.floor(t))]
 }
@@ -122,7 +131,7 @@ fn requests_come_from_request_spans_and_money_from_every_span() {
             ..s("acme", "", "embeddings")
         },
     ];
-    rollups.fold("n1", 0, &batch(&spans, 0), NOW);
+    fold(&mut rollups, "n1", 0, &batch(&spans, 0), NOW);
     let totals = rollups.totals(&acme(), &minute_of(NOW - 5));
     let all = &totals.all;
     assert_eq!((all.requests, all.errors, all.cache_hits), (4, 1, 1));
@@ -166,7 +175,7 @@ fn spans_land_in_the_windows_of_their_end_time() {
             ..s("acme", "bot", "invoke_agent")
         },
     ];
-    rollups.fold("n1", 0, &batch(&spans, 0), NOW);
+    fold(&mut rollups, "n1", 0, &batch(&spans, 0), NOW);
     let requests = |windows: &[(Granularity, i64)]| rollups.totals(&acme(), windows).all.requests;
     assert_eq!(requests(&[(Granularity::Second, minute + 1)]), 2);
     assert_eq!(requests(&[(Granularity::Second, minute + 2)]), 1);
@@ -185,10 +194,10 @@ fn dropped_spans_belong_to_the_node_and_only_platform_scopes_see_them() {
         end: NOW - 30,
         ..s("acme", "bot", "invoke_agent")
     }];
-    rollups.fold("n7", 0, &batch(&spans, 12), NOW);
+    fold(&mut rollups, "n7", 0, &batch(&spans, 12), NOW);
     // A batch of drops alone lands in the minute it was taken.
     let taken = (NOW / 60 - 2) as u64;
-    rollups.fold("n7", taken, &batch(&[], 3), NOW);
+    fold(&mut rollups, "n7", taken, &batch(&[], 3), NOW);
     let hour = [(Granularity::Hour, Granularity::Hour.floor(NOW))];
     let everyone = Filter::tenant(TenantScope::All);
     assert_eq!(rollups.totals(&everyone, &hour).all.dropped_spans, 15);
@@ -219,7 +228,7 @@ fn filters_narrow_by_every_dimension() {
         s("acme", "helper", "invoke_agent"),
         s("globex", "bot", "invoke_agent"),
     ];
-    rollups.fold("n1", 0, &batch(&spans, 0), NOW);
+    fold(&mut rollups, "n1", 0, &batch(&spans, 0), NOW);
     let windows = minute_of(NOW - 5);
     let requests = |filter: &Filter| rollups.totals(filter, &windows).all.requests;
     assert_eq!(requests(&acme()), 2);
@@ -247,7 +256,13 @@ fn filters_narrow_by_every_dimension() {
 #[test]
 fn windows_expire_with_their_granularity() {
     let mut rollups = Rollups::new();
-    rollups.fold("n1", 0, &batch(&[s("acme", "bot", "invoke_agent")], 0), NOW);
+    fold(
+        &mut rollups,
+        "n1",
+        0,
+        &batch(&[s("acme", "bot", "invoke_agent")], 0),
+        NOW,
+    );
     assert_eq!(rollups.windows(), [1, 1, 1]);
     // 20 minutes later the second window is gone, the others stay.
     rollups.prune(NOW + 1200);
@@ -260,6 +275,6 @@ fn windows_expire_with_their_granularity() {
         ..s("acme", "bot", "invoke_agent")
     };
     let mut rollups = Rollups::new();
-    rollups.fold("n1", 0, &batch(&[old], 0), NOW);
+    fold(&mut rollups, "n1", 0, &batch(&[old], 0), NOW);
     assert_eq!(rollups.windows(), [0, 1, 1]);
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use aios_runtime::hex;
 use futures::StreamExt;
-use prost::Message;
+use prost::{Message, bytes::Bytes};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -80,16 +80,19 @@ fn request(tenant: &str, agent: &str, trace: u8, cost: f64) -> pb::Span {
     }
 }
 
-fn batch(sequence: u64, spans: Vec<pb::Span>) -> pb::SpanBatch {
+/// An encoded batch, as a node sends it.
+fn batch(sequence: u64, spans: Vec<pb::Span>) -> Bytes {
     pb::SpanBatch {
         sequence,
         spans,
         dropped_spans: 0,
     }
+    .encode_to_vec()
+    .into()
 }
 
 /// Takes `batch` and waits until the rollups hold it.
-async fn take(f: &Fixture, hello: &Hello, acked: Acked, batch: pb::SpanBatch) -> Taken {
+async fn take(f: &Fixture, hello: &Hello, acked: Acked, batch: Bytes) -> Taken {
     let taken = f
         .telemetry
         .ingest()
@@ -174,8 +177,12 @@ async fn a_restarted_replica_rebuilds_the_same_totals_from_the_store() {
         let spans = (0..sequence as u8)
             .map(|i| request(if i % 2 == 0 { "acme" } else { "globex" }, "bot", i, 0.25))
             .collect();
-        let mut batch = batch(sequence, spans);
-        batch.dropped_spans = 1;
+        let batch = pb::SpanBatch {
+            sequence,
+            spans,
+            dropped_spans: 1,
+        };
+        let batch = batch.encode_to_vec().into();
         acked = take(&f, &hello("n1", "i"), acked, batch).await.acked();
     }
     let before = summary(&f.telemetry, &everyone()).totals;
@@ -293,6 +300,19 @@ async fn batches_and_hellos_are_checked_field_by_field() {
         .await
         .unwrap_err();
     assert_eq!(invalid_fields(error), ["batch.spans"]);
+    assert!(batch_keys(&f.store).await.is_empty());
+
+    // A span that would not decode (its tenant is not UTF-8) is named.
+    let mut bytes = batch(1, vec![request("acme", "bot", 1, 0.0)]).to_vec();
+    let at = bytes.windows(4).position(|w| w == b"acme").unwrap();
+    bytes[at] = 0xff;
+    let error = f
+        .telemetry
+        .ingest()
+        .take(&node, Acked::default(), bytes.into())
+        .await
+        .unwrap_err();
+    assert_eq!(invalid_fields(error), ["batch.spans[0].tenant"]);
     assert!(batch_keys(&f.store).await.is_empty());
 
     let error = Hello::try_from(pb::ReportHello {

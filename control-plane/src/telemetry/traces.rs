@@ -1,7 +1,9 @@
 //! A bounded in-memory index of recent traces, for `GetTrace`.
 //!
-//! Spans are not copied: the index points into the folded batches (shared
-//! `Arc`s), so a batch's memory is freed once its last trace is evicted.
+//! Spans are not copied: the index points into the folded batches, kept as
+//! their nodes encoded them (shared `Arc`s), and decodes a span only when
+//! its trace is read, so a batch's memory is freed once its last trace is
+//! evicted.
 //! When the index holds more spans than its bound, whole traces leave,
 //! oldest first (by when their first span arrived).
 
@@ -9,7 +11,10 @@ use std::{collections::VecDeque, sync::Arc};
 
 use aios_proto::v1 as pb;
 
-use super::rollup::{FastMap, Filter};
+use super::{
+    rollup::{FastMap, Filter},
+    wire::{Encoded, SpanView},
+};
 
 /// A W3C trace id.
 pub type TraceId = [u8; 16];
@@ -17,14 +22,8 @@ pub type TraceId = [u8; 16];
 /// One span, inside the batch it arrived in.
 #[derive(Clone, Debug)]
 struct SpanRef {
-    batch: Arc<[pb::Span]>,
+    batch: Arc<Encoded>,
     index: usize,
-}
-
-impl SpanRef {
-    fn span(&self) -> Option<&pb::Span> {
-        self.batch.get(self.index)
-    }
 }
 
 /// Recent traces by id, holding at most `capacity` spans.
@@ -48,11 +47,12 @@ impl TraceIndex {
         }
     }
 
-    /// Indexes every span of `batch` with a 16-byte trace id, then evicts
-    /// the oldest traces beyond the bound.
-    pub fn add(&mut self, batch: &Arc<[pb::Span]>) {
-        for (index, span) in batch.iter().enumerate() {
-            let Ok(id) = TraceId::try_from(span.trace_id.as_slice()) else {
+    /// Indexes every span of `batch` with a 16-byte trace id, given as
+    /// `spans` (span index in the batch, and its view), then evicts the
+    /// oldest traces beyond the bound.
+    pub(crate) fn add(&mut self, batch: &Arc<Encoded>, spans: &[(usize, SpanView<'_>)]) {
+        for &(index, ref span) in spans {
+            let Ok(id) = TraceId::try_from(span.trace_id) else {
                 continue;
             };
             let refs = self.traces.entry(id).or_insert_with(|| {
@@ -83,9 +83,12 @@ impl TraceIndex {
             .get(id)
             .into_iter()
             .flatten()
-            .filter_map(SpanRef::span)
-            .filter(|span| filter.matches(span))
-            .cloned()
+            .filter(|at| {
+                at.batch
+                    .view(at.index)
+                    .is_some_and(|span| filter.admits(&span, &at.batch.node))
+            })
+            .filter_map(|at| at.batch.span(at.index))
             .collect();
         spans.sort_by_key(|span| (span.start_time_unix_nano, span.end_time_unix_nano));
         spans
@@ -136,15 +139,25 @@ mod tests {
         }
     }
 
-    fn batch(spans: Vec<pb::Span>) -> Arc<[pb::Span]> {
-        spans.into()
+    /// Adds `spans` as one batch from node `n1`, as the feed does.
+    fn add(index: &mut TraceIndex, spans: Vec<pb::Span>) {
+        use prost::Message;
+        let bytes = pb::SpanBatch {
+            sequence: 1,
+            spans,
+            dropped_spans: 0,
+        }
+        .encode_to_vec();
+        let batch = Arc::new(Encoded::read("n1", 0, bytes.into()).unwrap());
+        let views: Vec<_> = batch.views().collect();
+        index.add(&batch, &views);
     }
 
     #[test]
     fn spans_come_back_by_start_time_and_scoped_to_the_tenant() {
         let mut index = TraceIndex::new(100);
-        index.add(&batch(vec![span(1, "acme", 30), span(2, "acme", 5)]));
-        index.add(&batch(vec![span(1, "acme", 10), span(1, "globex", 20)]));
+        add(&mut index, vec![span(1, "acme", 30), span(2, "acme", 5)]);
+        add(&mut index, vec![span(1, "acme", 10), span(1, "globex", 20)]);
         let all = Filter::tenant(TenantScope::All);
         let starts: Vec<u64> = index
             .get(&[1; 16], &all)
@@ -157,21 +170,28 @@ mod tests {
         let initech = Filter::tenant(TenantScope::One("initech".into()));
         assert!(index.get(&[1; 16], &initech).is_empty());
         assert!(index.get(&[9; 16], &all).is_empty());
+        // A span that names no node ran on the node that sent its batch.
+        assert!(index.get(&[1; 16], &all).iter().all(|s| s.node == "n1"));
+        let elsewhere = Filter {
+            node: "n2".into(),
+            ..Filter::tenant(TenantScope::All)
+        };
+        assert!(index.get(&[1; 16], &elsewhere).is_empty());
     }
 
     #[test]
     fn the_oldest_traces_leave_first_beyond_the_bound() {
         let mut index = TraceIndex::new(4);
-        index.add(&batch(vec![span(1, "a", 1), span(1, "a", 2)]));
-        index.add(&batch(vec![span(2, "a", 3), span(3, "a", 4)]));
+        add(&mut index, vec![span(1, "a", 1), span(1, "a", 2)]);
+        add(&mut index, vec![span(2, "a", 3), span(3, "a", 4)]);
         assert_eq!(index.len(), 4);
-        index.add(&batch(vec![span(4, "a", 5)]));
+        add(&mut index, vec![span(4, "a", 5)]);
         let all = Filter::tenant(TenantScope::All);
         assert!(index.get(&[1; 16], &all).is_empty(), "oldest evicted whole");
         assert_eq!(index.len(), 3);
         assert_eq!(index.get(&[4; 16], &all).len(), 1);
         // Spans without a 16-byte trace id are not indexed.
-        index.add(&batch(vec![pb::Span::default()]));
+        add(&mut index, vec![pb::Span::default()]);
         assert_eq!(index.len(), 3);
     }
 

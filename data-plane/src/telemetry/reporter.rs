@@ -346,8 +346,9 @@ impl Reporter {
                 };
                 stream.sent = sequence;
                 if let Some(batch) = self.unacked.get(sequence) {
+                    // Sent encoded: the control plane stores it as is.
                     permit.send(pb::ReportRequest {
-                        msg: Some(pb::report_request::Msg::Batch(batch)),
+                        msg: Some(pb::report_request::Msg::Batch(batch.encode_to_vec().into())),
                     });
                 }
             }

@@ -43,7 +43,7 @@ impl Call {
 
     async fn batch(&mut self) -> pb::SpanBatch {
         match self.next().await {
-            report_request::Msg::Batch(batch) => batch,
+            report_request::Msg::Batch(batch) => pb::SpanBatch::decode(batch).expect("a SpanBatch"),
             other => panic!("expected a batch, got {other:?}"),
         }
     }

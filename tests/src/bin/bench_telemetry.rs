@@ -33,6 +33,7 @@ use aios_tests::{
     bench::{self, Args, Machine, plane::PlaneProcess, positive},
 };
 use anyhow::{Context, Result, anyhow, bail};
+use prost::Message;
 use serde_json::json;
 use tokio::{sync::mpsc, task::JoinSet};
 
@@ -142,9 +143,15 @@ fn request_spans(node: usize, i: u64, end: u64, out: &mut Vec<pb::Span>) {
 
 // === Simulated nodes ===
 
+/// A batch encoded before the clock starts, as a node sends it.
+struct Encoded {
+    sequence: u64,
+    bytes: Vec<u8>,
+}
+
 /// A node's Report stream: sends `batches` (already built), keeping at most
 /// [`WINDOW`] unacknowledged, and returns when all are acknowledged.
-async fn report(channel: AuthChannel, node: usize, batches: Vec<pb::SpanBatch>) -> Result<()> {
+async fn report(channel: AuthChannel, node: usize, batches: Vec<Encoded>) -> Result<()> {
     let (tx, rx) = mpsc::channel::<pb::ReportRequest>(WINDOW as usize + 1);
     tx.send(pb::ReportRequest {
         msg: Some(report_request::Msg::Hello(pb::ReportHello {
@@ -168,7 +175,7 @@ async fn report(channel: AuthChannel, node: usize, batches: Vec<pb::SpanBatch>) 
             let Some(batch) = pending.next() else { break };
             sent = batch.sequence;
             tx.send(pb::ReportRequest {
-                msg: Some(report_request::Msg::Batch(batch)),
+                msg: Some(report_request::Msg::Batch(batch.bytes.into())),
             })
             .await?;
         }
@@ -207,10 +214,15 @@ async fn throughput(options: &Options, plane: &PlaneProcess) -> Result<Throughpu
                 request_spans(node, i, end, &mut spans);
                 i += 1;
             }
-            batches.push(pb::SpanBatch {
-                sequence: batches.len() as u64 + 1,
+            let sequence = batches.len() as u64 + 1;
+            let batch = pb::SpanBatch {
+                sequence,
                 spans,
                 dropped_spans: 0,
+            };
+            batches.push(Encoded {
+                sequence,
+                bytes: batch.encode_to_vec(),
             });
         }
         work.push(batches);
@@ -329,7 +341,7 @@ async fn latency(options: &Options, plane: &PlaneProcess) -> Result<Vec<Duration
             };
             if tx
                 .send(pb::ReportRequest {
-                    msg: Some(report_request::Msg::Batch(batch)),
+                    msg: Some(report_request::Msg::Batch(batch.encode_to_vec().into())),
                 })
                 .await
                 .is_err()
