@@ -64,16 +64,26 @@ impl ApprovalClient {
         .await
     }
 
-    /// Reads an approval of `tenant`.
-    pub async fn get(&self, tenant: &str, id: &str) -> Result<pb::Approval, Status> {
+    /// Reads an approval of `tenant`; while it is open, the control plane
+    /// answers once it closes or after `wait_while_open` (a long poll).
+    pub async fn get(
+        &self,
+        tenant: &str,
+        id: &str,
+        wait_while_open: Duration,
+    ) -> Result<pb::Approval, Status> {
         let message = pb::GetApprovalRequest {
             id: id.to_string(),
             tenant: tenant.to_string(),
-            wait_while_open: None,
+            wait_while_open: (!wait_while_open.is_zero())
+                .then(|| prost_types::Duration::try_from(wait_while_open).ok())
+                .flatten(),
         };
-        self.call(message, |mut client, request| async move {
-            client.get(request).await
-        })
+        self.call_for(
+            message,
+            CALL_TIMEOUT + wait_while_open,
+            |mut client, request| async move { client.get(request).await },
+        )
         .await
     }
 
@@ -93,12 +103,27 @@ impl ApprovalClient {
         F: Fn(ApprovalServiceClient<Channel>, Request<T>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<pb::Approval>, Status>>,
     {
+        self.call_for(message, CALL_TIMEOUT, send).await
+    }
+
+    /// [`Self::call`], each attempt allowed `timeout`.
+    async fn call_for<T, F, Fut>(
+        &self,
+        message: T,
+        timeout: Duration,
+        send: F,
+    ) -> Result<pb::Approval, Status>
+    where
+        T: Clone,
+        F: Fn(ApprovalServiceClient<Channel>, Request<T>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<pb::Approval>, Status>>,
+    {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = Status::unavailable("no control plane to ask");
         for i in 0..self.channels.len() {
             let channel = self.channels[(start + i) % self.channels.len()].clone();
             let mut request = Request::new(message.clone());
-            request.set_timeout(CALL_TIMEOUT);
+            request.set_timeout(timeout);
             upstream::authorize(&mut request, self.key.as_ref())
                 .map_err(|e| Status::unauthenticated(e.to_string()))?;
             match send(ApprovalServiceClient::new(channel), request).await {

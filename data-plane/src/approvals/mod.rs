@@ -35,8 +35,11 @@ use crate::{
     telemetry::{TraceContext, trace::new_span_id},
 };
 
-/// How often a waiting request asks whether its approval was decided.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Longest single long poll of a waiting request (the control plane
+/// answers sooner when the approval closes).
+pub const LONG_POLL: Duration = Duration::from_secs(20);
+/// Pause after a failed poll (the control plane unreachable).
+pub const RETRY_AFTER: Duration = Duration::from_millis(250);
 /// A waiting request stops waiting this long before its deadline, so an
 /// approval that arrives then still has time to run.
 pub const RUN_MARGIN: Duration = Duration::from_secs(1);
@@ -307,8 +310,11 @@ impl Approvals {
     }
 }
 
-/// Polls `approval` until it is no longer open, or [`RUN_MARGIN`] before
-/// `deadline`; returns it as last seen.
+/// Waits for `approval` to close, or until [`RUN_MARGIN`] before
+/// `deadline`; returns it as last seen. Each wait is one long poll of the
+/// control plane (`Get` with `wait_while_open`), so a decision reaches the
+/// caller as soon as the control plane sees it; a failed poll is retried
+/// after [`RETRY_AFTER`].
 async fn wait(client: &ApprovalClient, approval: &pb::Approval, deadline: Instant) -> pb::Approval {
     let mut last = approval.clone();
     loop {
@@ -316,15 +322,19 @@ async fn wait(client: &ApprovalClient, approval: &pb::Approval, deadline: Instan
         if !matches!(state, ApprovalState::Pending | ApprovalState::Escalated) {
             return last;
         }
-        if Instant::now() + POLL_INTERVAL + RUN_MARGIN >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now() + RUN_MARGIN);
+        if left.is_zero() {
             return last;
         }
-        tokio::time::sleep(POLL_INTERVAL).await;
-        match client.get(&approval.tenant, &approval.id).await {
+        match client
+            .get(&approval.tenant, &approval.id, left.min(LONG_POLL))
+            .await
+        {
             Ok(now) => last = now,
             // Keep waiting: the control plane may be back by the next poll.
             Err(status) => {
                 tracing::debug!(approval = %approval.id, error = %status.message(), "approval poll failed");
+                tokio::time::sleep(RETRY_AFTER.min(left)).await;
             }
         }
     }

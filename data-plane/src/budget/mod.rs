@@ -88,6 +88,11 @@ struct Ledger {
     spent_since_rate: i64,
     /// When the rate was last updated.
     rate_at: Instant,
+    /// The most reserved at once recently (halved each rate update unless
+    /// reached again): a node serving a few calls a second keeps one call's
+    /// worst case, not just what calls end up spending, so the next call
+    /// does not wait for the control plane.
+    peak_reserved: i64,
 }
 
 /// A line being sent: its content must not change until answered.
@@ -119,6 +124,7 @@ impl Ledger {
             rate: 0.0,
             spent_since_rate: 0,
             rate_at: now,
+            peak_reserved: 0,
         }
     }
 
@@ -132,14 +138,17 @@ impl Ledger {
     }
 
     /// Allowance worth keeping beyond what calls reserved: a little of
-    /// recent spending, and never more than a tenth of what the fleet has
-    /// left (a scarce budget is not hoarded by one node).
+    /// recent spending, or as much as calls recently reserved at once if
+    /// more (calls reserve their worst case, often many times what they
+    /// spend), never more than a tenth of what the fleet has left (a scarce
+    /// budget is not hoarded by one node).
     fn keep(&self, now: Instant) -> i64 {
         if now.duration_since(self.last_use) >= IDLE_RELEASE {
             return 0;
         }
         let rate = (self.rate * KEEP_SPENDING_FOR.as_secs_f64()) as i64;
-        rate.min((self.limit - self.spent).max(0) / 10)
+        rate.max(self.peak_reserved)
+            .min((self.limit - self.spent).max(0) / 10)
     }
 
     /// Whether the budget itself (not allowances in flight elsewhere) is
@@ -324,6 +333,7 @@ impl Purse {
                     for (key, _) in keys.iter().filter(|(_, enforce)| *enforce) {
                         if let Some(ledger) = ledgers.get_mut(key) {
                             ledger.reserved += take;
+                            ledger.peak_reserved = ledger.peak_reserved.max(ledger.reserved);
                         }
                     }
                     Ok(take)
@@ -451,6 +461,7 @@ impl Purse {
                 ledger.rate = 0.5 * ledger.rate + 0.5 * sample;
                 ledger.spent_since_rate = 0;
                 ledger.rate_at = now;
+                ledger.peak_reserved = (ledger.peak_reserved / 2).max(ledger.reserved);
             }
             if let Some(sent) = &ledger.sending {
                 lines.push((key.clone(), sent.clone()));

@@ -4,10 +4,9 @@
 //! executed action's response.
 //!
 //! - *wait*: the caller sent Execute with `wait_for_approval`; the node
-//!   polls the approval and runs the action once it reads APPROVED. The
-//!   approver decides after a random pause in [0, `--decide-jitter-ms`),
-//!   so the decision falls anywhere in the node's polling period, as a
-//!   person's would.
+//!   long-polls the approval (`Get` with `wait_while_open`) and runs the
+//!   action once it reads APPROVED. The approver decides after a random
+//!   pause in [0, `--decide-jitter-ms`), as a person would.
 //! - *watch*: the caller got PENDING_APPROVAL, watches the queue
 //!   (`ApprovalService.Watch`, with a VIEWER key of its tenant) and
 //!   re-submits with `approval_id` when it sees APPROVED.
@@ -149,7 +148,7 @@ pub(crate) async fn run(options: &Options, world: &World) -> Result<Value> {
     let n = options.approvals;
     let tool_before = world.tool_calls.load(std::sync::atomic::Ordering::Relaxed);
 
-    // wait: the node polls; the approver finds the request on its queue.
+    // wait: the node long-polls; the approver finds the request on its queue.
     let mut queue = approver
         .watch(pb::WatchApprovalsRequest::default())
         .await
@@ -255,7 +254,7 @@ pub(crate) async fn run(options: &Options, world: &World) -> Result<Value> {
     Ok(json!({
         "approvals_per_mode": n,
         "decide_jitter_ms": options.decide_jitter_ms,
-        "poll_interval_ms": bench_ms(aios_data_plane::approvals::POLL_INTERVAL),
+        "long_poll_ms": bench_ms(aios_data_plane::approvals::LONG_POLL),
         "wait": stats(wait),
         "watch": stats(watched),
         "watch_event_after_decide": stats(seen_after),

@@ -23,7 +23,7 @@
 //! 2. Approval decision to execution, for a HIGH action (one approver): from
 //!    the moment `ApprovalService.Decide` returns to the moment the caller
 //!    has the executed action's answer; the caller waiting
-//!    (`wait_for_approval`: the node polls), watching the queue and
+//!    (`wait_for_approval`: the node long-polls), watching the queue and
 //!    re-submitting, or told at once. See `approvals.rs`.
 //! 3. Strictness under load: 1,000 requests at once over 5 more nodes
 //!    against a $0.01 budget: spend against the limit, overspend (must be
@@ -95,7 +95,7 @@ fn parse_args() -> Options {
         paced_rate: 100,
         in_process: 20_000,
         approvals: 100,
-        // The node polls every 100 ms: a decision anywhere in that period.
+        // A decision at a random moment after the request, as a person's.
         decide_jitter_ms: 100,
         nodes: 5,
         fleet_requests: 1_000,

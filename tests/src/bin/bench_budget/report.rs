@@ -125,9 +125,9 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Value) {
     }
     if let Some(c) = results.get("approvals") {
         println!(
-            "\n2. approval decision (Decide returned) to the executed action's answer, {} HIGH actions per mode; the node polls every {} ms (ms)",
+            "\n2. approval decision (Decide returned) to the executed action's answer, {} HIGH actions per mode; the waiting node long-polls for up to {} ms (ms)",
             field(c, "approvals_per_mode"),
-            field(c, "poll_interval_ms"),
+            field(c, "long_poll_ms"),
         );
         println!(
             "{:<44}{:>9}{:>9}{:>9}{:>9}{:>9}{:>9}",
@@ -135,7 +135,7 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Value) {
         );
         let ms = ["p50_ms", "p90_ms", "p99_ms", "max_ms", "min_ms", "mean_ms"];
         for (name, key) in [
-            ("wait (wait_for_approval; the node polls)", "wait"),
+            ("wait (wait_for_approval; the node long-polls)", "wait"),
             ("watch (Watch, then re-submit)", "watch"),
             (
                 "  of which: APPROVED on the watch",
