@@ -322,7 +322,10 @@ pub(crate) fn settings(stages: Stages) -> Settings {
 fn span_sink() -> SpanSink {
     let (outbox, mut spans) = outbox(DEFAULT_OUTBOX_CAPACITY);
     std::thread::spawn(move || {
-        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().build() {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+        {
             runtime.block_on(async { while spans.recv().await.is_some() {} });
         }
     });
