@@ -168,6 +168,33 @@ pub async fn telemetry(plane_url: &str, key: &str) -> Telemetry {
     TelemetryServiceClient::new(channel)
 }
 
+/// A `Subscribe` stream of the caller's alert events (and rollups).
+pub async fn alerts(plane_url: &str, key: &str) -> tonic::Streaming<pb::SubscribeResponse> {
+    telemetry(plane_url, key)
+        .await
+        .subscribe(pb::SubscribeRequest {
+            include_alerts: true,
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe")
+        .into_inner()
+}
+
+/// The next alert event on `stream` (rollups in between are skipped).
+pub async fn next_alert(stream: &mut tonic::Streaming<pb::SubscribeResponse>) -> pb::AlertEvent {
+    loop {
+        let item = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("an alert event in time")
+            .expect("the stream answers")
+            .expect("the stream stays open");
+        if let Some(pb::subscribe_response::Event::Alert(event)) = item.event {
+            return event;
+        }
+    }
+}
+
 /// The summary of the last hour.
 pub async fn summary(client: &mut Telemetry) -> pb::Summary {
     client

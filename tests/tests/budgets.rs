@@ -10,12 +10,12 @@ use aios_data_plane::{DataPlane, fleet::ResourceKey};
 use aios_model::Kind;
 use aios_proto::v1::{
     self as pb, admin_service_client::AdminServiceClient, agent_service_client::AgentServiceClient,
-    budget_service_client::BudgetServiceClient, telemetry_service_client::TelemetryServiceClient,
+    budget_service_client::BudgetServiceClient,
 };
 use aios_tests::{
     admin::{ADMIN_KEY, TestPlane},
     fake_provider::{FakeProvider, Fault},
-    telemetry::{WAIT, node, seed},
+    telemetry::{WAIT, alerts, next_alert, node, seed},
 };
 use tonic_types::StatusExt;
 
@@ -39,35 +39,6 @@ fn budget(name: &str, limit_usd: f64) -> pb::Resource {
             alert_threshold_percents: vec![50, 80],
             ..Default::default()
         })),
-    }
-}
-
-/// A subscription to `acme`'s alert events.
-async fn alerts(plane: &TestPlane, viewer: &str) -> tonic::Streaming<pb::SubscribeResponse> {
-    let channel = aios_client::connect(&plane.url(), Some(viewer), WAIT)
-        .await
-        .unwrap();
-    TelemetryServiceClient::new(channel)
-        .subscribe(pb::SubscribeRequest {
-            include_alerts: true,
-            ..Default::default()
-        })
-        .await
-        .expect("subscribe")
-        .into_inner()
-}
-
-/// The next alert event on `stream` (rollups in between are skipped).
-async fn next_alert(stream: &mut tonic::Streaming<pb::SubscribeResponse>) -> pb::AlertEvent {
-    loop {
-        let item = tokio::time::timeout(WAIT, stream.message())
-            .await
-            .expect("an alert event in time")
-            .unwrap()
-            .expect("the stream stays open");
-        if let Some(pb::subscribe_response::Event::Alert(event)) = item.event {
-            return event;
-        }
     }
 }
 
@@ -151,7 +122,7 @@ async fn a_thousand_concurrent_requests_on_five_nodes_never_overspend() {
     let plane = TestPlane::embedded().await;
     let keys = seed(&plane, &fake).await;
     apply(&plane, budget("small", LIMIT_USD)).await;
-    let mut alert_stream = alerts(&plane, &keys.viewer).await;
+    let mut alert_stream = alerts(&plane.url(), &keys.viewer).await;
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = Vec::new();
     for n in 0..5 {
@@ -271,7 +242,7 @@ async fn a_thousand_concurrent_requests_on_five_nodes_never_overspend() {
         raised.push(event.threshold);
     }
     assert!(raised == [0.5, 0.8] || raised == [0.8], "{raised:?}");
-    let late = next_alert(&mut alerts(&plane, &keys.viewer).await).await;
+    let late = next_alert(&mut alerts(&plane.url(), &keys.viewer).await).await;
     assert_eq!((late.rule.as_str(), late.threshold), ("budget/small", 0.8));
     drop(nodes);
 }

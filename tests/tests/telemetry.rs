@@ -16,7 +16,7 @@ use aios_runtime::hex;
 use aios_tests::{
     admin::{ADMIN_KEY, TestPlane, alert_rule, api_key},
     fake_provider::{FakeProvider, Reply},
-    telemetry::{WAIT, node, ready, seed, send, summary, summary_reaching, telemetry},
+    telemetry::{WAIT, next_alert, node, ready, seed, send, summary, summary_reaching, telemetry},
 };
 
 /// Sends `count` requests to `node` and returns the sum of their costs.
@@ -185,19 +185,6 @@ async fn a_control_plane_restart_loses_no_span_and_counts_none_twice() {
 }
 
 /// The next alert event on `stream`, skipping rollups and spans.
-async fn next_alert(stream: &mut tonic::Streaming<pb::SubscribeResponse>) -> pb::AlertEvent {
-    loop {
-        let item = tokio::time::timeout(WAIT, stream.message())
-            .await
-            .expect("an alert event in time")
-            .unwrap()
-            .expect("the stream stays open");
-        if let Some(pb::subscribe_response::Event::Alert(event)) = item.event {
-            return event;
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn alert_rules_from_config_fire_and_resolve_on_a_subscription_without_a_restart() {
     let fake = FakeProvider::start().await.unwrap();

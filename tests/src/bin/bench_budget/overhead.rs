@@ -14,22 +14,22 @@ use std::{
 use aios_data_plane::{
     ControlPlaneUrl,
     budget::{Purse, reporter},
-    pipeline::{self, Catalog, CatalogHandle, Pipeline, Settings, Stages},
+    pipeline::{Catalog, CatalogHandle, Pipeline, Settings, Stages},
 };
 use aios_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
 use aios_runtime::Secret;
 use aios_tests::{admin::ADMIN_KEY, bench};
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tonic::{
-    metadata::{AsciiMetadataValue, MetadataMap},
+    metadata::AsciiMetadataValue,
     transport::{Channel, Endpoint},
 };
 
 use crate::{
     Options,
-    setup::{InstantModels, exec_request, grpc_request},
+    setup::{InstantModels, execute_in_process, execute_timed, grpc_request},
     world::{World, allowances_calls, micros, settings},
 };
 
@@ -162,20 +162,7 @@ pub(crate) async fn in_process(
         for (row, (pipeline, key)) in pipelines.iter().enumerate() {
             for _ in 0..batch {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                let mut metadata = MetadataMap::new();
-                metadata.insert("x-api-key", key.clone());
-                let request = exec_request(n);
-                let started = Instant::now();
-                let outcome = pipeline.execute(metadata, request, None, None).await;
-                let took = started.elapsed();
-                let outcome = outcome.map_err(|e| anyhow!("in-process execute: {e}"))?;
-                if outcome.status != pipeline::Status::Succeeded || outcome.cache_hit {
-                    bail!(
-                        "in-process execute: {:?} {:?}",
-                        outcome.status,
-                        outcome.error
-                    );
-                }
+                let (took, outcome) = execute_in_process(pipeline, key, n).await?;
                 if row == 2 {
                     spend.add(outcome.cost.micros());
                     budgeted += 1;
@@ -229,30 +216,13 @@ async fn connect(addr: std::net::SocketAddr) -> Result<AgentServiceClient<Channe
     Ok(AgentServiceClient::new(channel))
 }
 
-/// One request; its client-side and handler (the response's `latency`)
-/// durations and its cost in micro-USD. Anything but an uncached success
-/// is an error.
+/// One request: its client-side and handler durations and its cost in
+/// micro-USD.
 async fn call(
     client: &mut AgentServiceClient<Channel>,
     request: tonic::Request<pb::ExecuteRequest>,
 ) -> Result<(Duration, Duration, i64)> {
-    let started = Instant::now();
-    let response = client.execute(request).await;
-    let took = started.elapsed();
-    let response = response
-        .map_err(|s| anyhow!("Execute failed: {s}"))?
-        .into_inner();
-    if response.status != pb::ExecutionStatus::Succeeded as i32 || response.cache_hit {
-        bail!(
-            "expected an uncached success, got status {} cache_hit {} error {:?}",
-            response.status,
-            response.cache_hit,
-            response.error
-        );
-    }
-    let handler = response.latency.map_or(Duration::ZERO, |d| {
-        Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
-    });
+    let (took, handler, response) = execute_timed(client, request).await?;
     Ok((took, handler, micros(response.cost_usd)))
 }
 

@@ -5,7 +5,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use aios_data_plane::{
@@ -215,28 +215,11 @@ pub(crate) async fn connect(addr: SocketAddr) -> Result<Client> {
     Ok(AgentServiceClient::new(channel))
 }
 
-/// One request; its client-side and server-side (the response's
-/// `latency`) durations. Anything but an uncached success is an error.
+/// One request: its client-side and handler durations.
 pub(crate) async fn call(
     client: &mut Client,
     request: tonic::Request<pb::ExecuteRequest>,
 ) -> Result<(Duration, Duration)> {
-    let started = Instant::now();
-    let response = client.execute(request).await;
-    let took = started.elapsed();
-    let response = response
-        .map_err(|s| anyhow!("Execute failed: {s}"))?
-        .into_inner();
-    if response.status != pb::ExecutionStatus::Succeeded as i32 || response.cache_hit {
-        bail!(
-            "expected an uncached success, got status {} cache_hit {} error {:?}",
-            response.status,
-            response.cache_hit,
-            response.error
-        );
-    }
-    let server = response.latency.map_or(Duration::ZERO, |d| {
-        Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
-    });
-    Ok((took, server))
+    let (took, handler, _) = crate::setup::execute_timed(client, request).await?;
+    Ok((took, handler))
 }

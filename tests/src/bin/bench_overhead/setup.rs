@@ -1,20 +1,28 @@
 //! The bench's world: the config snapshot the nodes serve, the requests,
 //! and the instant backend.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use aios_data_plane::{
     backend::{
         Backend, BackendError, ChatMessage, ChatRequest, ChatResponse, FinishReason, Role, Usage,
     },
     fleet::{Applied, NodeConfig, ResourceKey},
-    pipeline::{BackendFactory, ExecRequest, Input, Params, Settings, Stages},
+    pipeline::{
+        self, BackendFactory, ExecRequest, Input, Outcome, Params, Pipeline, Settings, Stages,
+    },
     telemetry::{SpanSink, outbox, outbox::DEFAULT_OUTBOX_CAPACITY},
 };
 use aios_model::Model;
-use aios_proto::v1::{self as pb, resource::Spec};
-use anyhow::{Result, anyhow};
-use tonic::metadata::AsciiMetadataValue;
+use aios_proto::v1::{self as pb, agent_service_client::AgentServiceClient, resource::Spec};
+use anyhow::{Result, anyhow, bail};
+use tonic::{
+    metadata::{AsciiMetadataValue, MetadataMap},
+    transport::Channel,
+};
 
 pub(crate) const TENANT: &str = "bench";
 pub(crate) const AGENT: &str = "support";
@@ -330,4 +338,55 @@ fn span_sink() -> SpanSink {
         }
     });
     SpanSink::new(outbox, "bench", "bench")
+}
+
+/// Request `n` through `pipeline` in process, as the key `key`; the time
+/// it took and its outcome. Anything but an uncached success is an error.
+pub(crate) async fn execute_in_process(
+    pipeline: &Pipeline,
+    key: &AsciiMetadataValue,
+    n: u64,
+) -> Result<(Duration, Outcome)> {
+    let mut metadata = MetadataMap::new();
+    metadata.insert("x-api-key", key.clone());
+    let request = exec_request(n);
+    let started = Instant::now();
+    let outcome = pipeline.execute(metadata, request, None, None).await;
+    let took = started.elapsed();
+    let outcome = outcome.map_err(|e| anyhow!("in-process execute: {e}"))?;
+    if outcome.status != pipeline::Status::Succeeded || outcome.cache_hit {
+        bail!(
+            "in-process execute: {:?} {:?}",
+            outcome.status,
+            outcome.error
+        );
+    }
+    Ok((took, outcome))
+}
+
+/// One gRPC request: its client-side and handler (the response's
+/// `latency`) durations, and the response. Anything but an uncached
+/// success is an error.
+pub(crate) async fn execute_timed(
+    client: &mut AgentServiceClient<Channel>,
+    request: tonic::Request<pb::ExecuteRequest>,
+) -> Result<(Duration, Duration, pb::ExecuteResponse)> {
+    let started = Instant::now();
+    let response = client.execute(request).await;
+    let took = started.elapsed();
+    let response = response
+        .map_err(|s| anyhow!("Execute failed: {s}"))?
+        .into_inner();
+    if response.status != pb::ExecutionStatus::Succeeded as i32 || response.cache_hit {
+        bail!(
+            "expected an uncached success, got status {} cache_hit {} error {:?}",
+            response.status,
+            response.cache_hit,
+            response.error
+        );
+    }
+    let handler = response.latency.map_or(Duration::ZERO, |d| {
+        Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+    });
+    Ok((took, handler, response))
 }

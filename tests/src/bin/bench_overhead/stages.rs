@@ -21,17 +21,17 @@ use aios_data_plane::{
     router,
 };
 use aios_proto::v1 as pb;
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use prost::Message;
 use serde_json::{Value, json};
-use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::metadata::AsciiMetadataValue;
 
 use crate::{
     Options,
     measure::{mean, percentile},
     setup::{
         AGENT, InstantModels, NO_STAGES, POLICY, REPLY, SECRET, SYSTEM_PROMPT, TABLE, TENANT,
-        exec_request, grpc_request, prompt, settings, user,
+        execute_in_process, grpc_request, prompt, settings, user,
     },
 };
 
@@ -84,20 +84,7 @@ pub(crate) async fn ladder(
         for (i, pipeline) in pipelines.iter().enumerate() {
             for _ in 0..batch {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
-                let mut metadata = MetadataMap::new();
-                metadata.insert("x-api-key", key.clone());
-                let request = exec_request(n);
-                let started = Instant::now();
-                let outcome = pipeline.execute(metadata, request, None, None).await;
-                let took = started.elapsed();
-                let outcome = outcome.map_err(|e| anyhow!("in-process execute: {e}"))?;
-                if outcome.status != pipeline::Status::Succeeded || outcome.cache_hit {
-                    bail!(
-                        "in-process execute: {:?} {:?}",
-                        outcome.status,
-                        outcome.error
-                    );
-                }
+                let (took, _) = execute_in_process(pipeline, &key, n).await?;
                 if round >= 2 {
                     samples[i].push(took);
                 }
