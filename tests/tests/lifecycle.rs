@@ -158,7 +158,11 @@ async fn sigint_with_no_calls_in_flight_drains_cleanly() {
     assert!(!log.contains("outlived"), "{log}");
 }
 
-#[tokio::test]
+// Two workers: the test blocks its own thread waiting for the process to
+// exit, and the client's connection task must still answer the server's
+// graceful-shutdown PING (HTTP/2 GOAWAY), or the server waits for it until
+// its grace runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_in_flight_at_sigterm_is_served_to_completion() {
     use tonic_reflection::pb::v1::{
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
