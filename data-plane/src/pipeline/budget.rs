@@ -56,9 +56,16 @@ impl Stage for BudgetStage {
             return Ok(Flow::Continue);
         }
         applies.sort_by(|a, b| a.0.cmp(&b.0));
-        // Known to be spent: refuse or degrade now, before routing.
+        // Known to be spent: refuse or degrade now, before routing. A
+        // spent DEGRADE budget sends the request through its cheaper table
+        // and stops limiting it: the request is counted (settled) against
+        // the budget but reserves nothing from it, so the degraded route
+        // keeps serving past the limit (BLOCK is the hard cap).
+        let mut spent_out = Vec::with_capacity(applies.len());
         for (key, budget) in &applies {
-            if !self.purse.known_short(key, 1) {
+            let short = self.purse.known_short(key, 1);
+            spent_out.push(short);
+            if !short {
                 continue;
             }
             match &budget.on_exceed {
@@ -69,20 +76,39 @@ impl Stage for BudgetStage {
                 OnExceed::Degrade { .. } | OnExceed::AlertOnly => {}
             }
         }
+        let limiting: Vec<bool> = applies
+            .iter()
+            .zip(&spent_out)
+            .map(|((_, budget), short)| limits(budget, *short))
+            .collect();
         call.budget = Some(Arc::new(Hold {
             purse: self.purse.clone(),
             keys: applies
                 .iter()
-                .map(|(key, budget)| (key.clone(), budget.on_exceed != OnExceed::AlertOnly))
+                .zip(&limiting)
+                .map(|((key, _), limits)| (key.clone(), *limits))
                 .collect(),
             cap: applies
                 .iter()
-                .filter(|(_, b)| b.on_exceed != OnExceed::AlertOnly)
-                .filter_map(|(key, b)| Some((b.per_request_cap?, key.clone())))
+                .zip(&limiting)
+                .filter(|(_, limits)| **limits)
+                .filter_map(|((key, b), _)| Some((b.per_request_cap?, key.clone())))
                 .min_by_key(|(cap, _)| *cap),
             state: Mutex::new(HoldState::default()),
         }));
         Ok(Flow::Continue)
+    }
+}
+
+/// Whether `budget` limits a request (reserves before each call), given
+/// whether it is known to be spent: BLOCK always, DEGRADE until it is
+/// spent (then the degraded route serves, counted but unlimited),
+/// ALERT_ONLY never.
+fn limits(budget: &Budget, spent: bool) -> bool {
+    match budget.on_exceed {
+        OnExceed::Block => true,
+        OnExceed::Degrade { .. } => !spent,
+        OnExceed::AlertOnly => false,
     }
 }
 

@@ -429,7 +429,7 @@ async fn a_spent_degrade_budget_routes_through_its_cheaper_table() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_degraded_request_still_cannot_spend_past_the_limit() {
+async fn a_degraded_request_is_served_past_the_limit_and_still_counted() {
     let catalog = world(vec![tenant_budget("soft", pb::OnExceed::Degrade)]);
     let purse = Purse::new();
     let stage = BudgetStage::new(purse.clone());
@@ -437,8 +437,35 @@ async fn a_degraded_request_still_cannot_spend_past_the_limit() {
     let mut c = call(&catalog, None, "");
     let hold = hold(&stage, &mut c);
     assert!(c.degraded_to.is_some());
-    let error = hold.reserve(usd(500), usd(100), soon()).await.unwrap_err();
-    assert_eq!(refused_subject(error), "budget:acme/soft");
+    assert_eq!(
+        hold.keys,
+        [(ledger("soft", ""), false)],
+        "counted, no longer limiting"
+    );
+    // The cheaper route's call gets its worst case at once, without an
+    // allowance: the spent budget no longer limits it.
+    let grant = hold.reserve(usd(500), usd(100), soon()).await.unwrap();
+    assert_eq!(grant.amount, 500);
+}
+
+#[tokio::test]
+async fn a_spent_degrade_budget_still_limits_nothing_but_itself() {
+    // A BLOCK budget beside the spent DEGRADE one still limits the
+    // degraded request.
+    let catalog = world(vec![
+        tenant_budget("soft", pb::OnExceed::Degrade),
+        tenant_budget("hard", pb::OnExceed::Block),
+    ]);
+    let purse = Purse::new();
+    let stage = BudgetStage::new(purse.clone());
+    spend_out(&purse, &ledger("soft", ""));
+    let mut c = call(&catalog, None, "");
+    let hold = hold(&stage, &mut c);
+    assert!(c.degraded_to.is_some());
+    assert_eq!(
+        hold.keys,
+        [(ledger("hard", ""), true), (ledger("soft", ""), false)]
+    );
 }
 
 // === ALERT_ONLY ===

@@ -150,7 +150,8 @@ proto_enum! {
 pub enum OnExceed {
     /// Refuse requests (also what UNSPECIFIED means).
     Block,
-    /// Route through this cheaper routing table; spend is still capped.
+    /// Once spent, route through this cheaper routing table; degraded
+    /// requests are counted but no longer limited.
     Degrade {
         /// Name of the routing table (a recorded reference).
         routing_table: String,
