@@ -61,10 +61,11 @@ impl Stage for BudgetStage {
         // and stops limiting it: the request is counted (settled) against
         // the budget but reserves nothing from it, so the degraded route
         // keeps serving past the limit (BLOCK is the hard cap).
-        let mut spent_out = Vec::with_capacity(applies.len());
+        // Each ledger, with whether its budget limits this request.
+        let mut keys = Vec::with_capacity(applies.len());
         for (key, budget) in &applies {
             let short = self.purse.known_short(key, 1);
-            spent_out.push(short);
+            keys.push((key.clone(), limits(budget, short)));
             if !short {
                 continue;
             }
@@ -76,24 +77,16 @@ impl Stage for BudgetStage {
                 OnExceed::Degrade { .. } | OnExceed::AlertOnly => {}
             }
         }
-        let limiting: Vec<bool> = applies
+        let cap = applies
             .iter()
-            .zip(&spent_out)
-            .map(|((_, budget), short)| limits(budget, *short))
-            .collect();
+            .zip(&keys)
+            .filter(|(_, (_, limits))| *limits)
+            .filter_map(|((key, b), _)| Some((b.per_request_cap?, key.clone())))
+            .min_by_key(|(cap, _)| *cap);
         call.budget = Some(Arc::new(Hold {
             purse: self.purse.clone(),
-            keys: applies
-                .iter()
-                .zip(&limiting)
-                .map(|((key, _), limits)| (key.clone(), *limits))
-                .collect(),
-            cap: applies
-                .iter()
-                .zip(&limiting)
-                .filter(|(_, limits)| **limits)
-                .filter_map(|((key, b), _)| Some((b.per_request_cap?, key.clone())))
-                .min_by_key(|(cap, _)| *cap),
+            keys,
+            cap,
             state: Mutex::new(HoldState::default()),
         }));
         Ok(Flow::Continue)
