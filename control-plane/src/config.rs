@@ -29,6 +29,15 @@ pub const DEFAULT_TELEMETRY_RETENTION: Duration = Duration::from_secs(2 * 3600);
 /// hourly rollups are kept.
 const TELEMETRY_RETENTION_RANGE: (Duration, Duration) =
     (Duration::from_secs(60), Duration::from_secs(7 * 24 * 3600));
+/// Shortest and longest accepted `--budget-allowance-ttl`.
+const ALLOWANCE_TTL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(2), Duration::from_secs(600));
+/// Shortest and longest retention of records kept for people (budget
+/// ledgers, closed approvals).
+const LONG_RETENTION_RANGE: (Duration, Duration) = (
+    Duration::from_secs(3600),
+    Duration::from_secs(3650 * 86_400),
+);
 
 /// `aios-control-plane` command line. Every flag also reads `AIOS_<FLAG>`.
 #[derive(Debug, Parser)]
@@ -222,21 +231,33 @@ impl Config {
                     .or(file.bootstrap_admin_key_file),
             )?,
             replica_id: replica_id(cli.replica_id.or(file.replica_id))?,
-            telemetry_retention: telemetry_retention(
+            telemetry_retention: bounded(
+                "--telemetry-retention",
                 cli.telemetry_retention.or(file.telemetry_retention),
+                DEFAULT_TELEMETRY_RETENTION,
+                TELEMETRY_RETENTION_RANGE,
+                "1m and 168h (7 days)",
             )?,
-            budget_allowance_ttl: allowance_ttl(
+            budget_allowance_ttl: bounded(
+                "--budget-allowance-ttl",
                 cli.budget_allowance_ttl.or(file.budget_allowance_ttl),
+                crate::budget::DEFAULT_ALLOWANCE_TTL,
+                ALLOWANCE_TTL_RANGE,
+                "2s and 10m",
             )?,
-            budget_ledger_retention: long_retention(
+            budget_ledger_retention: bounded(
                 "--budget-ledger-retention",
                 cli.budget_ledger_retention.or(file.budget_ledger_retention),
                 crate::budget::sweep::DEFAULT_LEDGER_RETENTION,
+                LONG_RETENTION_RANGE,
+                "1h and 3650d",
             )?,
-            approval_retention: long_retention(
+            approval_retention: bounded(
                 "--approval-retention",
                 cli.approval_retention.or(file.approval_retention),
                 crate::approvals::retention::DEFAULT_APPROVAL_RETENTION,
+                LONG_RETENTION_RANGE,
+                "1h and 3650d",
             )?,
             otlp: otlp(
                 cli.otlp_endpoint.or(file.otlp_endpoint),
@@ -285,49 +306,24 @@ fn replica_id(value: Option<String>) -> Result<String, ConfigError> {
     Ok(id)
 }
 
-/// The retention of span batches, within [`TELEMETRY_RETENTION_RANGE`].
-fn telemetry_retention(value: Option<Duration>) -> Result<Duration, ConfigError> {
-    let retention = value.unwrap_or(DEFAULT_TELEMETRY_RETENTION);
-    let (min, max) = TELEMETRY_RETENTION_RANGE;
-    if retention < min || retention > max {
-        return Err(ConfigError::invalid(
-            "--telemetry-retention",
-            format!("{}s", retention.as_secs_f64()),
-            "must be between 1m and 168h (7 days)",
-        ));
-    }
-    Ok(retention)
-}
-
-/// The budget allowance TTL: 2 s to 10 min.
-fn allowance_ttl(value: Option<Duration>) -> Result<Duration, ConfigError> {
-    let ttl = value.unwrap_or(crate::budget::DEFAULT_ALLOWANCE_TTL);
-    if ttl < Duration::from_secs(2) || ttl > Duration::from_secs(600) {
-        return Err(ConfigError::invalid(
-            "--budget-allowance-ttl",
-            format!("{}s", ttl.as_secs_f64()),
-            "must be between 2s and 10m",
-        ));
-    }
-    Ok(ttl)
-}
-
-/// A retention of records kept for people (ledgers, closed approvals):
-/// 1 h to 3650 days.
-fn long_retention(
+/// A duration setting: `value`, or `default` when unset, within `range`
+/// (inclusive), which `range_text` states for the user.
+fn bounded(
     flag: &'static str,
     value: Option<Duration>,
     default: Duration,
+    (min, max): (Duration, Duration),
+    range_text: &str,
 ) -> Result<Duration, ConfigError> {
-    let retention = value.unwrap_or(default);
-    if retention < Duration::from_secs(3600) || retention > Duration::from_secs(3650 * 86_400) {
+    let duration = value.unwrap_or(default);
+    if duration < min || duration > max {
         return Err(ConfigError::invalid(
             flag,
-            format!("{}s", retention.as_secs_f64()),
-            "must be between 1h and 3650d",
+            format!("{}s", duration.as_secs_f64()),
+            format!("must be between {range_text}"),
         ));
     }
-    Ok(retention)
+    Ok(duration)
 }
 
 /// The OTLP export settings: a gRPC URL and `key=value` headers with
