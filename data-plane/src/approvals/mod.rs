@@ -6,7 +6,7 @@
 //! `APPROVAL_REQUIRED`, the gate asks the control plane for an approval
 //! bound to {caller, tenant, agent, action, argument digest, policy
 //! version, expiry} and answers PENDING_APPROVAL with its id, or, when the
-//! caller asked to wait, polls it until it is decided or the caller's
+//! caller asked to wait, long-polls it until it is decided or the caller's
 //! deadline nears. A request naming an approval (or one that waited and was
 //! approved) is claimed first: the control plane moves the approval from
 //! APPROVED to EXECUTED by compare-and-swap only if the request matches
