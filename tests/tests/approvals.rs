@@ -6,6 +6,8 @@
 //!   twice is not two), runs exactly once after the second approval, with
 //!   the approved arguments only; different arguments or another action
 //!   are refused, and a second execution is refused.
+//! - An approved request refused before it ran (here by the caller's rate
+//!   limit) leaves its approval APPROVED; the retry runs it, once.
 //! - A caller that asked to wait runs as soon as an approver (watching the
 //!   queue) approves.
 //! - A rejection and a timeout each end the request with REJECTED and a
@@ -575,6 +577,108 @@ async fn a_critical_action_needs_two_distinct_approvers_and_runs_exactly_once_as
             (A::ApprovalExecuted as i32, "caller".to_string()),
         ]
     );
+    w.stop().await;
+}
+
+/// Runs `request` with `agents`, again each time a rate limit refuses it,
+/// once the limit says a request is back.
+async fn when_admitted(
+    agents: &mut AgentServiceClient<Channel>,
+    request: pb::ExecuteRequest,
+) -> Result<pb::ExecuteResponse, tonic::Status> {
+    loop {
+        match agents.execute(request.clone()).await {
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                let after = status.get_details_retry_info().unwrap().retry_delay;
+                tokio::time::sleep(after.unwrap() + Duration::from_millis(50)).await;
+            }
+            result => return result.map(tonic::Response::into_inner),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approved_request_refused_before_it_ran_keeps_its_approval_for_the_retry() {
+    let mut w = world().await;
+    // A caller key allowed 20 requests a minute: one comes back every 3 s.
+    let mut admin = AdminServiceClient::new(
+        aios_client::connect(&w.plane.url(), Some(ADMIN_KEY), WAIT)
+            .await
+            .unwrap(),
+    );
+    let mut limited = api_key("acme", "limited", pb::Role::Caller);
+    if let Some(Spec::ApiKey(spec)) = &mut limited.spec {
+        spec.rate_limit = Some(pb::RateLimit {
+            requests_per_minute: 20,
+            tokens_per_minute: 0,
+        });
+    }
+    let secret = apply(&mut admin, limited).await.api_key_secret;
+    w.secrets.insert("acme/limited".into(), secret);
+    w.synced(admin).await;
+
+    let refund = action("treasurer", "payments.refund", r#"{"id":"p-7"}"#);
+    let id = pending(&w, "acme/limited", refund.clone()).await;
+    w.decide("acme/alice", &id, pb::Verdict::Approve, "ok")
+        .await
+        .unwrap();
+
+    // The caller spends its requests (on an action the agent does not
+    // have: nothing runs) until the next one is over a second away.
+    let mut agents = w.agents("acme/limited").await;
+    loop {
+        let Err(status) = agents
+            .execute(action("treasurer", "payments.nothing", "{}"))
+            .await
+        else {
+            continue;
+        };
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        let after = status.get_details_retry_info().unwrap().retry_delay;
+        if after.unwrap() >= Duration::from_secs(1) {
+            break;
+        }
+        tokio::time::sleep(after.unwrap()).await;
+    }
+
+    // The approved request is refused by the rate limit, before it ran:
+    // the approval is not used, and the refusal says so.
+    let refused = agents
+        .execute(with_approval(refund.clone(), &id))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains(&format!("approval {id} was not used")),
+        "{refused:?}"
+    );
+    assert!(w.payments.calls().is_empty());
+    let kept = w.get("acme/alice", "", &id).await.unwrap();
+    assert_eq!(state(&kept), pb::ApprovalState::Approved, "not burnt");
+
+    // The retry, once the limit allows it, runs the action once.
+    let ran = when_admitted(&mut agents, with_approval(refund.clone(), &id))
+        .await
+        .unwrap();
+    assert_eq!(status(&ran), pb::ExecutionStatus::Succeeded, "{ran:?}");
+    assert_eq!(ran.approval_id, id);
+    let calls = w.payments.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].0, "payments.refund");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&calls[0].1).unwrap(),
+        serde_json::json!({"id": "p-7"})
+    );
+    let executed = w.get("acme/alice", "", &id).await.unwrap();
+    assert_eq!(state(&executed), pb::ApprovalState::Executed);
+    let again = when_admitted(&mut agents, with_approval(refund, &id))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+    assert_eq!(error_reason(&again), "ALREADY_EXECUTED");
+    assert_eq!(w.payments.calls().len(), 1, "exactly once");
     w.stop().await;
 }
 

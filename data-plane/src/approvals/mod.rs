@@ -7,13 +7,22 @@
 //! bound to {caller, tenant, agent, action, argument digest, policy
 //! version, expiry} and answers PENDING_APPROVAL with its id, or, when the
 //! caller asked to wait, long-polls it until it is decided or the caller's
-//! deadline nears. A request naming an approval (or one that waited and was
-//! approved) is claimed first: the control plane moves the approval from
-//! APPROVED to EXECUTED by compare-and-swap only if the request matches
-//! what was approved, so it runs exactly once and with the approved
-//! arguments only. The claim then becomes a [`tickets::Ticket`] that lets
-//! this one request past the policy stage.
+//! deadline nears.
+//!
+//! A request naming an approval (or one that waited and was approved) runs
+//! with a [`tickets::Ticket`] that lets this one request past the policy
+//! stage, and carries a [`Claim`] that the agent loop makes right before
+//! the request's action (or first model call) runs: the control plane moves
+//! the approval from APPROVED to EXECUTED by compare-and-swap only if the
+//! request matches what was approved, so it runs exactly once and with the
+//! approved arguments only. Claiming at the point of execution means a
+//! request refused before it ran (a rate limit, a budget, a guardrail)
+//! leaves the approval APPROVED, and says so: the caller re-submits with
+//! the same approval. A refused claim ends the request as the refusal says
+//! (still pending, rejected, expired, already executed, bound to other
+//! arguments).
 
+pub mod claim;
 pub mod client;
 pub mod tickets;
 
@@ -25,7 +34,7 @@ use tokio::{sync::mpsc, time::Instant};
 use tonic::{Code, Status, metadata::MetadataMap};
 use tonic_types::StatusExt;
 
-pub use self::client::ApprovalClient;
+pub use self::{claim::Claim, client::ApprovalClient};
 use crate::{
     pipeline::{
         Caller, CatalogHandle, DEFAULT_DEADLINE, Event, ExecError, ExecRequest, Input, Outcome,
@@ -120,7 +129,7 @@ impl Approvals {
         let deadline = Instant::now() + timeout.unwrap_or(DEFAULT_DEADLINE);
         if !ask.approval_id.is_empty() {
             return self
-                .claim_and_run(
+                .run_approved(
                     pipeline,
                     trace,
                     metadata,
@@ -184,7 +193,7 @@ impl Approvals {
                     span_id: new_span_id(),
                     ..trace
                 };
-                self.claim_and_run(
+                self.run_approved(
                     pipeline,
                     next,
                     metadata,
@@ -210,9 +219,10 @@ impl Approvals {
         }
     }
 
-    /// Claims approval `id` for `request`, then runs it once.
+    /// Runs `request` under approval `id`: the ticket lets it past policy,
+    /// and the agent loop claims the approval right before it runs.
     #[allow(clippy::too_many_arguments)]
-    async fn claim_and_run(
+    async fn run_approved(
         &self,
         pipeline: &Pipeline,
         trace: TraceContext,
@@ -239,8 +249,9 @@ impl Approvals {
             });
         };
         let arguments_sha256 = aios_runtime::keys::arguments_sha256(&subject.arguments);
-        let claimed = client
-            .claim(pb::ClaimApprovalRequest {
+        let claim = Claim::new(
+            client.clone(),
+            pb::ClaimApprovalRequest {
                 id: id.to_string(),
                 tenant: subject.caller.tenant.clone(),
                 caller: subject.caller.key_name.clone(),
@@ -248,20 +259,17 @@ impl Approvals {
                 action: subject.admitted.action.clone(),
                 arguments_sha256: arguments_sha256.to_vec(),
                 policy_version: subject.terms.policy_version,
-            })
-            .await;
-        if let Err(status) = claimed {
-            return claim_refused(id, &status, &subject.admitted);
-        }
-        tracing::info!(approval = %id, "approval claimed; executing");
+            },
+        );
         let _issued = tickets::issue(
             tickets::Ticket {
                 approval_id: id.to_string(),
                 tenant: subject.caller.tenant,
                 caller: subject.caller.key_name,
                 agent: request.agent.clone(),
-                action: subject.admitted.action,
+                action: subject.admitted.action.clone(),
                 arguments_sha256,
+                claim: claim.clone(),
             },
             &mut metadata,
         );
@@ -270,13 +278,27 @@ impl Approvals {
         request.idempotency_key.clear();
         trace.answer(&mut metadata);
         let timeout = deadline.saturating_duration_since(Instant::now());
-        let outcome = pipeline
+        let ran = pipeline
             .execute_traced(trace, metadata, request, Some(timeout), events)
-            .await?;
-        Ok(Gated::Ran {
-            outcome: Box::new(outcome),
-            approval_id: Some(id.to_string()),
-        })
+            .await;
+        match claim.made() {
+            // The claim's refusal says why, whatever the pipeline made of it.
+            Some(Err(status)) => claim_refused(id, status, &subject.admitted),
+            Some(Ok(())) => Ok(Gated::Ran {
+                outcome: Box::new(ran?),
+                approval_id: Some(id.to_string()),
+            }),
+            None => {
+                tracing::info!(approval = %id, "request ended before it ran; approval not used");
+                match ran {
+                    Ok(outcome) => Ok(Gated::Ran {
+                        outcome: Box::new(unused_in_outcome(outcome, id)),
+                        approval_id: None,
+                    }),
+                    Err(error) => Err(unused_in_error(error, id)),
+                }
+            }
+        }
     }
 
     /// The caller and policy's terms for `request`, from the config in
@@ -417,13 +439,26 @@ fn claim_refused(id: &str, status: &Status, admitted: &Admitted) -> Result<Gated
             reason: "APPROVAL_REJECTED",
             message: format!("approval {id} was rejected"),
         }),
-        (Code::FailedPrecondition, _) => Err(ExecError::FailedPrecondition {
+        _ => Err(claim_error(id, status)),
+    }
+}
+
+/// A refused claim of approval `id` as an error: what the pipeline ends
+/// with when the agent loop's claim is refused, and what the caller gets
+/// for refusals that are not a state of the approval (already executed,
+/// bound to other arguments, unknown, the control plane unreachable).
+pub(crate) fn claim_error(id: &str, status: &Status) -> ExecError {
+    let reason = status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_default();
+    match status.code() {
+        Code::FailedPrecondition => ExecError::FailedPrecondition {
             reason: if reason.is_empty() {
-                "APPROVAL_NOT_EXECUTABLE"
+                "APPROVAL_NOT_EXECUTABLE".to_string()
             } else {
                 reason
-            }
-            .to_string(),
+            },
             message: format!("approval {id}: {}", status.message()),
             violations: status
                 .get_details_precondition_failure()
@@ -434,13 +469,74 @@ fn claim_refused(id: &str, status: &Status, admitted: &Admitted) -> Result<Gated
                         .collect()
                 })
                 .unwrap_or_default(),
-        }),
-        (Code::NotFound, _) => Err(ExecError::NotFound {
+        },
+        Code::NotFound => ExecError::NotFound {
             kind: "Approval",
             name: id.to_string(),
-        }),
-        (Code::InvalidArgument, _) => Err(ExecError::invalid("approval_id", status.message())),
-        _ => Err(unreachable(status)),
+        },
+        Code::InvalidArgument => ExecError::invalid("approval_id", status.message()),
+        _ => unreachable(status),
+    }
+}
+
+/// What a request that ended before it ran tells its caller about the
+/// approval it named.
+fn not_used(id: &str) -> String {
+    format!("approval {id} was not used and stays APPROVED until it expires; re-submit with it")
+}
+
+/// `outcome` of a request that ended before its claim (refused by a
+/// guardrail, blocked by policy), saying the approval was not used.
+fn unused_in_outcome(mut outcome: Outcome, id: &str) -> Outcome {
+    if let Some((_, message)) = &mut outcome.error {
+        message.push_str("; ");
+        message.push_str(&not_used(id));
+    }
+    outcome
+}
+
+/// `error` of a request that ended before its claim (a rate limit, a
+/// budget, no model to route to), saying the approval was not used.
+fn unused_in_error(error: ExecError, id: &str) -> ExecError {
+    let note = |text: String| format!("{text}; {}", not_used(id));
+    match error {
+        ExecError::Unauthenticated(message) => ExecError::Unauthenticated(note(message)),
+        ExecError::PermissionDenied { reason, message } => ExecError::PermissionDenied {
+            reason,
+            message: note(message),
+        },
+        ExecError::RateLimited {
+            subject,
+            description,
+            retry_after,
+        } => ExecError::RateLimited {
+            subject,
+            description: note(description),
+            retry_after,
+        },
+        ExecError::BudgetExhausted {
+            subject,
+            description,
+        } => ExecError::BudgetExhausted {
+            subject,
+            description: note(description),
+        },
+        ExecError::FailedPrecondition {
+            reason,
+            message,
+            violations,
+        } => ExecError::FailedPrecondition {
+            reason,
+            message: note(message),
+            violations,
+        },
+        ExecError::Unavailable(message) => ExecError::Unavailable(note(message)),
+        ExecError::DeadlineExceeded(message) => ExecError::DeadlineExceeded(note(message)),
+        // Field violations name fields of the request, and these two carry
+        // no message for the caller: they stay as they are.
+        error @ (ExecError::Invalid(_) | ExecError::NotFound { .. } | ExecError::Internal(_)) => {
+            error
+        }
     }
 }
 

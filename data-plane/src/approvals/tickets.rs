@@ -1,12 +1,13 @@
 //! Tickets: how the approval gate tells the policy stage that one request
-//! was approved and claimed, without a field on the pipeline's request.
+//! was approved, without a field on the pipeline's request.
 //!
-//! The gate claims the approval on the control plane, then issues a ticket
-//! (what was approved, under a random 128-bit nonce) and puts the nonce in
-//! the request's metadata. The policy stage takes the ticket (once: taking
-//! removes it) and admits the request only if the ticket matches what it is
-//! about to run. A caller cannot forge one: nonces exist only in this
-//! process, and the gate strips any nonce a caller sends.
+//! The gate issues a ticket (what was approved, and the [`Claim`] that will
+//! execute the approval, under a random 128-bit nonce) and puts the nonce
+//! in the request's metadata. The policy stage takes the ticket (once:
+//! taking removes it), admits the request only if the ticket matches what
+//! it is about to run, and puts the claim on the call for the agent loop to
+//! make right before the request runs. A caller cannot forge one: nonces
+//! exist only in this process, and the gate strips any nonce a caller sends.
 
 use std::{
     collections::HashMap,
@@ -15,13 +16,14 @@ use std::{
 
 use tonic::metadata::MetadataMap;
 
+use super::claim::Claim;
 use crate::pipeline::Caller;
 
 /// Metadata key carrying a ticket's nonce inside the node.
 pub const TICKET_METADATA: &str = "aios-approval-ticket";
 
-/// What an executed approval was bound to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What an approval was bound to, and the claim that executes it.
+#[derive(Clone, Debug)]
 pub struct Ticket {
     /// The approval.
     pub approval_id: String,
@@ -35,6 +37,8 @@ pub struct Ticket {
     pub action: String,
     /// SHA-256 of the approved arguments.
     pub arguments_sha256: [u8; 32],
+    /// The claim of the approval, not made yet.
+    pub claim: Claim,
 }
 
 impl Ticket {
@@ -100,8 +104,15 @@ mod tests {
     use aios_model::Role;
 
     use super::*;
+    use crate::{
+        ControlPlaneUrl,
+        approvals::{ApprovalClient, claim::testing},
+    };
 
+    /// A ticket for `apr_1`; its claim's client is never called.
     fn ticket() -> Ticket {
+        let client =
+            ApprovalClient::new(&[ControlPlaneUrl("http://127.0.0.1:1".into())], None).unwrap();
         Ticket {
             approval_id: "apr_1".into(),
             tenant: "acme".into(),
@@ -109,7 +120,12 @@ mod tests {
             agent: "bot".into(),
             action: "pay".into(),
             arguments_sha256: aios_runtime::keys::arguments_sha256("{}"),
+            claim: testing::claim(client),
         }
+    }
+
+    fn taken(metadata: &MetadataMap) -> Option<String> {
+        take(metadata).map(|t| t.approval_id)
     }
 
     fn caller() -> Caller {
@@ -123,32 +139,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_ticket_is_taken_once_and_withdrawn_when_dropped() {
+    #[tokio::test]
+    async fn a_ticket_is_taken_once_and_withdrawn_when_dropped() {
         let mut metadata = MetadataMap::new();
         let issued = issue(ticket(), &mut metadata);
-        assert_eq!(take(&metadata), Some(ticket()));
-        assert_eq!(take(&metadata), None, "taken once");
+        let t = take(&metadata).unwrap();
+        assert_eq!(t.approval_id, "apr_1");
+        assert!(t.claim.made().is_none(), "taking a ticket claims nothing");
+        assert_eq!(taken(&metadata), None, "taken once");
         drop(issued);
 
         let mut metadata = MetadataMap::new();
         let issued = issue(ticket(), &mut metadata);
         drop(issued);
-        assert_eq!(take(&metadata), None, "withdrawn");
+        assert_eq!(taken(&metadata), None, "withdrawn");
     }
 
-    #[test]
-    fn a_forged_nonce_admits_nothing() {
+    #[tokio::test]
+    async fn a_forged_nonce_admits_nothing() {
         let mut metadata = MetadataMap::new();
         metadata.insert(TICKET_METADATA, "0123".parse().unwrap());
-        assert_eq!(take(&metadata), None);
+        assert_eq!(taken(&metadata), None);
         let _issued = issue(ticket(), &mut metadata);
         strip(&mut metadata);
-        assert_eq!(take(&metadata), None);
+        assert_eq!(taken(&metadata), None);
     }
 
-    #[test]
-    fn a_ticket_admits_only_what_was_approved() {
+    #[tokio::test]
+    async fn a_ticket_admits_only_what_was_approved() {
         let t = ticket();
         assert!(t.admits(&caller(), "bot", "pay", "{}"));
         assert!(!t.admits(&caller(), "bot", "pay", "{\"x\":1}"));

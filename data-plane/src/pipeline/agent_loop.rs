@@ -28,6 +28,12 @@
 //! (FAILED with `DEADLINE_EXCEEDED` or `MODEL_UNAVAILABLE`) so the caller
 //! sees which tools ran and is not invited to retry side effects blindly.
 //!
+//! **Approvals.** A request that executes an approval (`call.claim`, set
+//! by policy) claims it right before it runs: an action before its tool, a
+//! conversation before its first model call (once that call's budget is
+//! reserved). A refused claim ends the request with its error before
+//! anything ran; later calls of the same run do not claim again.
+//!
 //! Usage and cost add up over the model calls; `messages` holds every
 //! assistant and tool message produced, redacted by the output guardrails
 //! like the output (the model itself reads tool results unredacted).
@@ -193,7 +199,7 @@ async fn run(shared: &Shared, call: &Call) -> Result<Outcome, ExecError> {
         Input::Action {
             name,
             arguments_json,
-        } => Ok(action(shared, call, &tools, outcome, name, arguments_json).await),
+        } => action(shared, call, &tools, outcome, name, arguments_json).await,
         Input::Messages(messages) => {
             let run = Conversation {
                 shared,
@@ -209,7 +215,7 @@ async fn run(shared: &Shared, call: &Call) -> Result<Outcome, ExecError> {
 }
 
 /// An action: its one tool, run directly (policy has checked the agent may
-/// use it).
+/// use it), once its approval, if it has one, is claimed.
 async fn action(
     shared: &Shared,
     call: &Call,
@@ -217,7 +223,10 @@ async fn action(
     mut outcome: Outcome,
     name: &str,
     arguments_json: &str,
-) -> Outcome {
+) -> Result<Outcome, ExecError> {
+    if let Some(claim) = &call.claim {
+        claim.make().await?;
+    }
     let timed = timed_run(
         &shared.tools,
         tools,
@@ -238,7 +247,7 @@ async fn action(
             outcome.error = Some((error.reason().into(), format!("action {name}: {error}")));
         }
     }
-    outcome
+    Ok(outcome)
 }
 
 /// One conversation's run.
@@ -324,6 +333,15 @@ impl Conversation<'_> {
                     }
                 }
             };
+            // An approval is claimed once its first call can run.
+            if let (Some(claim), true) = (&call.claim, outcome.steps.is_empty())
+                && let Err(error) = claim.make().await
+            {
+                if let Some((hold, grant)) = grant {
+                    hold.settle(grant, aios_model::Usd::ZERO);
+                }
+                return Err(error);
+            }
             let (result, report) = self.model_call(&chain, &request, rules, index).await;
             let response = match result {
                 Ok(response) => response,

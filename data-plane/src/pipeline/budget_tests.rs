@@ -2,7 +2,7 @@
 //! control plane would say: which budgets count a request and under which
 //! subject, BLOCK refusals before routing, DEGRADE routing, ALERT_ONLY
 //! budgets, per-request caps, and reservations going back when a Hold is
-//! dropped.
+//! dropped or its call cannot run (a refused approval claim).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
@@ -180,6 +180,7 @@ fn call(catalog: &Arc<Catalog>, key_user: Option<&str>, request_user: &str) -> C
             user: key_user.map(String::from),
         }),
         admitted: None,
+        claim: None,
         budget: None,
         degraded_to: None,
         route: None,
@@ -658,4 +659,32 @@ async fn a_reservation_abandoned_while_waiting_does_not_hide_a_spent_budget() {
         refused_subject(stage.before(&mut c).unwrap_err()),
         "budget:acme/daily"
     );
+}
+
+// === Approvals ===
+
+#[tokio::test]
+async fn a_refused_claim_gives_back_its_first_call_s_reservation() {
+    use crate::approvals::claim::testing::{Claims, claim, serve};
+
+    let catalog = world(vec![capped("daily", 0.001, pb::OnExceed::Block)]);
+    let purse = Purse::new();
+    lease(&purse, &ledger("daily", ""), 1_000_000);
+    let stage = BudgetStage::new(purse.clone());
+    let claims = Arc::new(Claims::default());
+    *claims.refuse.lock().unwrap() = Some(tonic::Status::failed_precondition("executed"));
+    let mut c = call(&catalog, None, "");
+    c.claim = Some(claim(serve(claims.clone()).await));
+    let hold = hold(&stage, &mut c);
+    RouteStage.before(&mut c).unwrap();
+
+    let error = run_agent(c).await.unwrap_err();
+    assert!(
+        matches!(error, ExecError::FailedPrecondition { .. }),
+        "{error:?}"
+    );
+    assert_eq!(claims.count(), 1);
+    // The call that could not run spent nothing of the request's cap.
+    let grant = hold.reserve(usd(5_000), usd(100), soon()).await.unwrap();
+    assert_eq!(grant.amount, 1_000);
 }

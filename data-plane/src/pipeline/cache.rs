@@ -381,7 +381,12 @@ impl LookupCounters {
 
 /// The normalised form of a routed conversation: agent (and its config
 /// version, so a changed prompt misses), model, parameters, messages.
+/// `None` for a request that executes an approval: an approved request
+/// runs (and claims its approval); it is neither answered nor remembered.
 fn key_of(call: &Call) -> Option<CacheKey> {
+    if call.claim.is_some() {
+        return None;
+    }
     let Input::Messages(messages) = &call.request.input else {
         return None;
     };

@@ -99,6 +99,9 @@ pub struct Call {
     pub caller: Option<Caller>,
     /// Set by policy.
     pub admitted: Option<super::policy::Admitted>,
+    /// Set by policy: the approval this request executes, claimed right
+    /// before it runs (by the agent loop).
+    pub claim: Option<crate::approvals::Claim>,
     /// Set by the budget stage: the money this request reserves and
     /// spends (`None` = no budget counts it).
     pub budget: Option<Arc<super::budget::Hold>>,

@@ -200,6 +200,7 @@ impl Pipeline {
             caller_deadline: timeout.is_some(),
             caller: None,
             admitted: None,
+            claim: None,
             budget: None,
             degraded_to: None,
             route: None,

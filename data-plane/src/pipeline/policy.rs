@@ -5,11 +5,14 @@
 //! reason), not errors; only "no such agent" and "this key may not run that
 //! agent" are errors (NOT_FOUND, PERMISSION_DENIED).
 //!
-//! A HIGH or CRITICAL request runs only with a ticket: proof, issued by the
-//! approval gate (`crate::approvals`) after the control plane moved a
-//! matching approval to EXECUTED, that this very request was approved.
-//! Without one the stage ends the request as `APPROVAL_REQUIRED`, which the
-//! gate turns into an approval request.
+//! A HIGH or CRITICAL request runs only with a ticket, issued by the
+//! approval gate (`crate::approvals`) for a request that names an approval:
+//! the stage admits the request only if the ticket matches what it is
+//! about to run, and puts the ticket's claim on the call. The agent loop
+//! makes that claim (APPROVED → EXECUTED on the control plane) right before
+//! the request runs, so a request refused by a later stage leaves its
+//! approval unused. Without a ticket the stage ends the request as
+//! `APPROVAL_REQUIRED`, which the gate turns into an approval request.
 
 use std::time::Duration;
 
@@ -165,6 +168,7 @@ impl Stage for PolicyStage {
                         })));
                     };
                     admitted.approval_id = Some(ticket.approval_id);
+                    call.claim = Some(ticket.claim);
                 }
                 call.admitted = Some(admitted);
                 Ok(Flow::Continue)

@@ -238,8 +238,12 @@ struct Lookup {
 }
 
 /// The lookup for `call`, or `None` when the semantic cache does not apply
-/// (not a conversation, agent without it) or cannot (embedding failed).
+/// (not a conversation, agent without it, a request that executes an
+/// approval: that one runs) or cannot (embedding failed).
 async fn prepare(local: &LocalModels, call: &Call) -> Option<Lookup> {
+    if call.claim.is_some() {
+        return None;
+    }
     let Input::Messages(messages) = &call.request.input else {
         return None;
     };

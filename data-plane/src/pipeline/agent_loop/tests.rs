@@ -1,6 +1,6 @@
 //! The loop against a scripted model: tools asked for, run and read back;
 //! errors going back to the model; max_steps; deadlines; actions; forensic
-//! skipping; streamed steps.
+//! skipping; streamed steps; approvals claimed right before the run.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -16,6 +16,7 @@ use tonic::metadata::MetadataMap;
 
 use super::*;
 use crate::{
+    approvals::claim::testing::{Claims, claim, serve},
     backend::{Backend, BackendError, ChatEvent, ChatStream, ErrorKind, FinishReason},
     pipeline::{Caller, Catalog, ExecRequest, Params, backends::BackendFactory, testing::catalog},
     reliability::{Breakers, RetryPolicy},
@@ -207,6 +208,7 @@ fn call(catalog: Catalog, input: Input, events: Option<mpsc::Sender<Event>>) -> 
             user: None,
         }),
         admitted: None,
+        claim: None,
         route: None,
         cache_key: None,
         flags: Vec::new(),
@@ -424,6 +426,108 @@ async fn an_action_runs_its_tool_without_a_model() {
         outcome.output.contains("\"executed\":false"),
         "{}",
         outcome.output
+    );
+}
+
+/// A claim of `apr_1` on a fake control plane; refused with `refuse`.
+async fn approved(refuse: Option<tonic::Status>) -> (Arc<Claims>, crate::approvals::Claim) {
+    let claims = Arc::new(Claims::default());
+    *claims.refuse.lock().unwrap() = refuse;
+    let claim = claim(serve(claims.clone()).await);
+    (claims, claim)
+}
+
+#[tokio::test]
+async fn an_approved_action_is_claimed_right_before_its_tool_runs() {
+    let model = Scripted::new([]);
+    let action = || Input::Action {
+        name: "calc".into(),
+        arguments_json: r#"{"expression": "1+1"}"#.into(),
+    };
+    let (claims, claim) = approved(None).await;
+    let mut c = call(world(|_| {}), action(), None);
+    c.claim = Some(claim.clone());
+    let outcome = execute(&model, c).await.unwrap();
+    assert_eq!(kinds(&outcome), [(StepKind::Tool, "calc", false)]);
+    assert_eq!(claims.count(), 1);
+    assert!(matches!(claim.made(), Some(Ok(()))));
+
+    // Refused: the tool does not run, and the request ends with why.
+    let (claims, claim) = approved(Some(tonic::Status::failed_precondition("executed"))).await;
+    let mut c = call(world(|_| {}), action(), None);
+    c.claim = Some(claim.clone());
+    let (events, mut seen) = mpsc::channel(8);
+    c.events = Some(events);
+    let error = execute(&model, c).await.unwrap_err();
+    assert!(
+        matches!(error, ExecError::FailedPrecondition { .. }),
+        "{error:?}"
+    );
+    assert_eq!(claims.count(), 1);
+    assert!(seen.try_recv().is_err(), "no step ran");
+}
+
+#[tokio::test]
+async fn an_approved_conversation_is_claimed_once_before_its_first_model_call() {
+    let model = Scripted::new([
+        Turn::Tools(vec![("calc", r#"{"expression": "6 * 7"}"#)]),
+        Turn::Answer("42"),
+    ]);
+    let (claims, claim) = approved(None).await;
+    let mut c = call(world(|_| {}), ask("6 times 7?"), None);
+    c.claim = Some(claim);
+    let outcome = execute(&model, c).await.unwrap();
+    assert_eq!(outcome.steps.len(), 3, "{outcome:?}");
+    assert_eq!(claims.count(), 1, "later calls of the run do not claim");
+
+    let model = Scripted::new([Turn::Answer("never")]);
+    let (claims, claim) = approved(Some(tonic::Status::failed_precondition("no"))).await;
+    let mut c = call(world(|_| {}), ask("6 times 7?"), None);
+    c.claim = Some(claim);
+    assert!(execute(&model, c).await.is_err());
+    assert_eq!(claims.count(), 1);
+    assert!(model.requests().is_empty(), "no model was called");
+}
+
+#[tokio::test]
+async fn an_approved_conversation_neither_hits_nor_fills_the_cache() {
+    use crate::pipeline::{
+        cache::CacheStage,
+        route::RouteStage,
+        stage::{Ran, StageLayer},
+    };
+
+    let model = Scripted::new([Turn::Answer("a"), Turn::Answer("b"), Turn::Answer("c")]);
+    let cache = Arc::new(CacheStage::new(Duration::from_secs(60), 1 << 20));
+    let mut stack = tower::ServiceBuilder::new()
+        .layer(StageLayer(Arc::new(RouteStage)))
+        .layer(StageLayer(cache.clone()))
+        .service(AgentLoop::new(
+            Backends::new(Arc::new(Factory(model.clone()))),
+            Reliability::new(RetryPolicy::default(), Breakers::default()),
+            true,
+            None,
+        ));
+    let mut run = async |text: &str, claim: Option<crate::approvals::Claim>| {
+        // No tools: routing asks for none.
+        let mut c = call(world(|a| a.allowed_tools.clear()), ask(text), None);
+        c.claim = claim;
+        let ran: Ran = stack.call(c).await.unwrap();
+        ran.outcome
+    };
+    assert_eq!(run("q", None).await.output, "a", "answered, and cached");
+    let (claims, claim) = approved(None).await;
+    let outcome = run("q", Some(claim)).await;
+    assert_eq!(outcome.output, "b", "an approved request runs");
+    assert!(!outcome.cache_hit);
+    assert_eq!(claims.count(), 1);
+    let (_, claim) = approved(None).await;
+    assert_eq!(run("r", Some(claim)).await.output, "c");
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.hits, stats.misses, stats.entries),
+        (0, 1, 1),
+        "approved requests are not looked up nor stored"
     );
 }
 
