@@ -3,6 +3,15 @@
 use aios_data_plane::{Cli, Config, DataPlane};
 use aios_runtime::{cli, logging};
 
+/// mimalloc, not the system allocator: a request allocates a few hundred
+/// small objects and frees them again, and glibc's malloc (fast-bin
+/// consolidation, arena locks on frees that miss its per-thread cache)
+/// made each request cost the node 10-25% more CPU in `bench-overhead`
+/// (BENCHMARKS.md). The control plane keeps the system allocator: there
+/// mimalloc measured slower.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() {
     // Before anything else: a SIGTERM during start-up must drain, not kill.

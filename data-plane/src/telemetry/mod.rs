@@ -14,7 +14,7 @@ pub mod spill;
 pub mod stage;
 pub mod trace;
 
-pub use outbox::{Outbox, OutboxReceiver, outbox};
+pub use outbox::{Encoded, Outbox, OutboxReceiver, outbox};
 pub use reporter::{Reporter, ReporterSettings};
 pub use span::{
     Clock, Ended, RequestInfo, SpanSink, backend_error_type, call_error_type, exec_error_type,

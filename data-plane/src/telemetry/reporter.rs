@@ -25,7 +25,6 @@ use std::{path::PathBuf, time::Duration};
 use aios_proto::v1::{self as pb, telemetry_service_client::TelemetryServiceClient};
 use aios_runtime::Secret;
 use futures::future::BoxFuture;
-use prost::Message;
 use tokio::{
     sync::mpsc::{self, OwnedPermit},
     time::Instant,
@@ -35,8 +34,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Status, Streaming};
 
 use super::{
-    outbox::{DEFAULT_OUTBOX_CAPACITY, Outbox, OutboxReceiver, outbox},
-    spill::{Limits, State, Unacked},
+    outbox::{DEFAULT_OUTBOX_CAPACITY, Encoded, Outbox, OutboxReceiver, outbox},
+    spill::{Batch, Limits, State, Unacked},
 };
 use crate::{
     Config, ControlPlaneUrl,
@@ -121,8 +120,9 @@ pub struct Reporter {
     receiving: bool,
     state: State,
     unacked: Unacked,
-    building: Vec<pb::Span>,
-    building_bytes: usize,
+    /// The next batch's spans, encoded as they go into it.
+    building: Vec<u8>,
+    building_spans: usize,
     backoff: Backoff,
     next_url: usize,
 }
@@ -192,7 +192,7 @@ impl Reporter {
             state,
             unacked,
             building: Vec::new(),
-            building_bytes: 0,
+            building_spans: 0,
             backoff: Backoff::default(),
             next_url: 0,
         };
@@ -256,13 +256,11 @@ impl Reporter {
 
     // === batches ===
 
-    fn add(&mut self, spans: Vec<pb::Span>) {
-        for span in spans {
-            self.building_bytes += span.encoded_len();
-            self.building.push(span);
-        }
-        if self.building.len() >= self.settings.max_batch_spans
-            || self.building_bytes >= self.settings.max_batch_bytes
+    fn add(&mut self, spans: Encoded) {
+        self.building.extend_from_slice(spans.as_bytes());
+        self.building_spans += spans.len();
+        if self.building_spans >= self.settings.max_batch_spans
+            || self.building.len() >= self.settings.max_batch_bytes
         {
             self.cut();
         }
@@ -274,12 +272,14 @@ impl Reporter {
         if self.building.is_empty() && dropped == 0 {
             return;
         }
-        let batch = pb::SpanBatch {
-            sequence: self.state.take(),
-            spans: std::mem::take(&mut self.building),
-            dropped_spans: dropped,
-        };
-        self.building_bytes = 0;
+        let batch = Batch::encode(
+            self.state.take(),
+            &self.building,
+            self.building_spans,
+            dropped,
+        );
+        self.building.clear();
+        self.building_spans = 0;
         metrics::counter!("aios_telemetry_batches_total", "plane" => crate::PLANE).increment(1);
         self.unacked.push(batch);
         let (memory, disk) = self.unacked.bytes();
@@ -348,7 +348,7 @@ impl Reporter {
                 if let Some(batch) = self.unacked.get(sequence) {
                     // Sent encoded: the control plane stores it as is.
                     permit.send(pb::ReportRequest {
-                        msg: Some(pb::report_request::Msg::Batch(batch.encode_to_vec().into())),
+                        msg: Some(pb::report_request::Msg::Batch(batch)),
                     });
                 }
             }

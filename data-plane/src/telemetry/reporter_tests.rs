@@ -9,6 +9,7 @@ use aios_proto::v1::{
     report_request,
     telemetry_service_server::{TelemetryService, TelemetryServiceServer},
 };
+use prost::Message;
 use tonic::Response;
 
 use super::*;
@@ -116,11 +117,11 @@ fn settings(url: ControlPlaneUrl, state_dir: Option<PathBuf>) -> ReporterSetting
     }
 }
 
-fn span(name: &str) -> Vec<pb::Span> {
-    vec![pb::Span {
+fn span(name: &str) -> Encoded {
+    Encoded::new(&[pb::Span {
         name: name.into(),
         ..Default::default()
-    }]
+    }])
 }
 
 struct Node {

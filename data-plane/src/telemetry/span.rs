@@ -18,8 +18,8 @@
 //! (its first run was reported when it ran).
 //!
 //! Building happens after the response is ready, on the request's task,
-//! and ends in one non-blocking [`Outbox::send`], after the node's request
-//! metrics have counted the spans ([`RequestMetrics`]).
+//! and ends in one non-blocking [`Outbox::send`] of the spans encoded,
+//! after the node's request metrics have counted them ([`RequestMetrics`]).
 
 use std::{
     sync::Arc,
@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use super::{
     metrics::RequestMetrics,
-    outbox::Outbox,
+    outbox::{Encoded, Outbox},
     trace::{TraceContext, new_span_id},
 };
 use crate::{
@@ -148,8 +148,7 @@ impl SpanSink {
     /// Builds, counts and hands off the spans of an execution that ended now.
     pub fn execution(&self, info: &RequestInfo, ended: Ended<'_>) {
         let spans = execution_spans(self, info, ended, Instant::now());
-        self.metrics.record(&spans);
-        self.outbox.send(spans);
+        self.hand_off(&spans);
     }
 
     /// Builds, counts and hands off the span of an embeddings request of
@@ -185,9 +184,14 @@ impl SpanSink {
             }
             Err(error) => fail(&mut span, exec_error_type(error), error.to_string()),
         }
-        let spans = vec![span];
-        self.metrics.record(&spans);
-        self.outbox.send(spans);
+        self.hand_off(&[span]);
+    }
+
+    /// Counts `spans` and hands them to the outbox encoded; they are freed
+    /// here, on the thread that built them (see [`super::outbox`]).
+    fn hand_off(&self, spans: &[pb::Span]) {
+        self.metrics.record(spans);
+        self.outbox.send(Encoded::new(spans));
     }
 }
 

@@ -446,7 +446,7 @@ async fn spans_reach_the_outbox_and_embeddings_are_one_span() {
     info.agent = String::new();
     info.action = "embeddings".into();
     sink.embedding(&info, "minilm", Ok((42, usd(7))));
-    let spans = rx.recv().await.unwrap();
+    let spans = rx.recv().await.unwrap().decode().unwrap();
     assert_eq!(spans.len(), 1);
     let span = &spans[0];
     assert_eq!(span.name, "embeddings minilm");

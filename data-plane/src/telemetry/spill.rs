@@ -20,6 +20,7 @@ use std::{
 };
 
 use aios_proto::v1 as pb;
+use bytes::Bytes;
 use prost::Message;
 
 /// Sequences reserved per write of the `sequence` file.
@@ -61,9 +62,40 @@ pub struct Unacked {
 #[derive(Debug)]
 struct Entry {
     /// In memory; `None` = in its spill file.
-    batch: Option<pb::SpanBatch>,
+    batch: Option<Bytes>,
     bytes: u64,
     spans: u64,
+}
+
+/// One numbered batch, encoded (`SpanBatch`), as sent and as spilled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    /// Its sequence.
+    pub sequence: u64,
+    /// Spans in it.
+    pub spans: u64,
+    /// The encoded `SpanBatch`.
+    pub bytes: Bytes,
+}
+
+impl Batch {
+    /// Batch `sequence` of the encoded `SpanBatch.spans` entries `spans`
+    /// (`count` of them), reporting `dropped` spans.
+    pub fn encode(sequence: u64, spans: &[u8], count: usize, dropped: u64) -> Self {
+        use prost::encoding::{encoded_len_varint, uint64};
+        let mut bytes =
+            Vec::with_capacity(spans.len() + 2 * (1 + encoded_len_varint(sequence.max(dropped))));
+        uint64::encode(1, &sequence, &mut bytes);
+        bytes.extend_from_slice(spans);
+        if dropped > 0 {
+            uint64::encode(3, &dropped, &mut bytes);
+        }
+        Self {
+            sequence,
+            spans: count as u64,
+            bytes: bytes.into(),
+        }
+    }
 }
 
 impl Unacked {
@@ -113,16 +145,15 @@ impl Unacked {
     }
 
     /// Keeps `batch` until acknowledged.
-    pub fn push(&mut self, batch: pb::SpanBatch) {
-        let bytes = batch.encoded_len() as u64;
-        let spans = batch.spans.len() as u64;
+    pub fn push(&mut self, batch: Batch) {
+        let bytes = batch.bytes.len() as u64;
         self.memory_bytes += bytes;
         self.entries.insert(
             batch.sequence,
             Entry {
-                batch: Some(batch),
+                batch: Some(batch.bytes),
                 bytes,
-                spans,
+                spans: batch.spans,
             },
         );
         while self.memory_bytes > self.limits.memory_bytes {
@@ -152,9 +183,10 @@ impl Unacked {
             .map(|(seq, _)| *seq)
     }
 
-    /// Batch `sequence`, from memory or its spill file; `None` if it is
-    /// not held (or its file cannot be read any more: counted as lost).
-    pub fn get(&mut self, sequence: u64) -> Option<pb::SpanBatch> {
+    /// Batch `sequence` encoded, from memory or its spill file; `None` if
+    /// it is not held (or its file cannot be read any more: counted as
+    /// lost).
+    pub fn get(&mut self, sequence: u64) -> Option<Bytes> {
         let entry = self.entries.get(&sequence)?;
         if let Some(batch) = &entry.batch {
             return Some(batch.clone());
@@ -163,10 +195,9 @@ impl Unacked {
             .dir
             .as_deref()
             .ok_or_else(|| io::Error::other("no spill directory"))
-            .and_then(|dir| std::fs::read(file(dir, sequence)))
-            .and_then(|bytes| pb::SpanBatch::decode(bytes.as_slice()).map_err(io::Error::other));
+            .and_then(|dir| std::fs::read(file(dir, sequence)));
         match read {
-            Ok(batch) => Some(batch),
+            Ok(bytes) => Some(bytes.into()),
             Err(error) => {
                 tracing::warn!(sequence, %error, "spilled telemetry batch unreadable; dropped");
                 if let Some(entry) = self.entries.remove(&sequence) {
@@ -231,7 +262,7 @@ impl Unacked {
             return false;
         };
         let written = match &self.dir {
-            Some(dir) if self.limits.disk_bytes > 0 => write(dir, batch).map_err(|error| {
+            Some(dir) if self.limits.disk_bytes > 0 => write(dir, seq, batch).map_err(|error| {
                 tracing::warn!(sequence = seq, %error, "cannot spill telemetry batch");
             }),
             _ => Err(()),
@@ -289,10 +320,10 @@ fn file(dir: &Path, seq: u64) -> PathBuf {
 
 /// Writes a temp file and renames it, so a crash never leaves half a batch
 /// under a batch's name.
-fn write(dir: &Path, batch: &pb::SpanBatch) -> io::Result<()> {
-    let path = file(dir, batch.sequence);
+fn write(dir: &Path, seq: u64, batch: &[u8]) -> io::Result<()> {
+    let path = file(dir, seq);
     let temp = path.with_extension("pb.tmp");
-    std::fs::write(&temp, batch.encode_to_vec())?;
+    std::fs::write(&temp, batch)?;
     std::fs::rename(&temp, &path)
 }
 

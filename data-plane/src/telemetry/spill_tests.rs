@@ -5,17 +5,38 @@
 
 use super::*;
 
-/// A batch of `spans` spans of ~100 bytes each.
-fn batch(sequence: u64, spans: usize) -> pb::SpanBatch {
-    pb::SpanBatch {
-        sequence,
-        spans: (0..spans)
-            .map(|i| pb::Span {
-                name: format!("chat model-{i:090}"),
-                ..Default::default()
-            })
-            .collect(),
-        dropped_spans: 0,
+/// `n` spans of ~100 bytes each.
+fn spans(n: usize) -> Vec<pb::Span> {
+    (0..n)
+        .map(|i| pb::Span {
+            name: format!("chat model-{i:090}"),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Batch `sequence` of `n` such spans.
+fn batch(sequence: u64, n: usize) -> Batch {
+    let encoded = crate::telemetry::Encoded::new(&spans(n));
+    Batch::encode(sequence, encoded.as_bytes(), n, 0)
+}
+
+#[test]
+fn an_encoded_batch_is_the_span_batch_it_stands_for() {
+    for (sequence, dropped) in [(1, 0), (300, 7), (u64::MAX, u64::MAX)] {
+        let encoded = crate::telemetry::Encoded::new(&spans(3));
+        let batch = Batch::encode(sequence, encoded.as_bytes(), 3, dropped);
+        assert_eq!((batch.sequence, batch.spans), (sequence, 3));
+        let decoded = pb::SpanBatch::decode(batch.bytes.as_ref()).unwrap();
+        assert_eq!(
+            decoded,
+            pb::SpanBatch {
+                sequence,
+                spans: spans(3),
+                dropped_spans: dropped,
+            }
+        );
+        assert_eq!(batch.bytes, decoded.encode_to_vec(), "byte for byte");
     }
 }
 
@@ -32,7 +53,7 @@ fn spilled_files(dir: &Path) -> Vec<String> {
 fn batches_past_the_memory_bound_spill_to_disk_and_are_reloaded() {
     let dir = tempfile::tempdir().unwrap();
     let spill = dir.path().join("spill");
-    let one = batch(1, 10).encoded_len() as u64;
+    let one = batch(1, 10).bytes.len() as u64;
     let limits = Limits {
         memory_bytes: 2 * one,
         disk_bytes: 100 * one,
@@ -51,8 +72,12 @@ fn batches_past_the_memory_bound_spill_to_disk_and_are_reloaded() {
         "the oldest go to disk; the newest stay in memory"
     );
     assert_eq!(unacked.bytes(), (2 * one, 3 * one));
-    assert_eq!(unacked.get(2).unwrap(), batch(2, 10), "read back from disk");
-    assert_eq!(unacked.get(5).unwrap(), batch(5, 10));
+    assert_eq!(
+        unacked.get(2).unwrap(),
+        batch(2, 10).bytes,
+        "read back from disk"
+    );
+    assert_eq!(unacked.get(5).unwrap(), batch(5, 10).bytes);
 
     unacked.ack(1);
     assert_eq!(spilled_files(&spill).len(), 2, "an acked batch's file goes");
@@ -64,7 +89,7 @@ fn batches_past_the_memory_bound_spill_to_disk_and_are_reloaded() {
     assert_eq!(reloaded.next_after(0), Some(2));
     assert_eq!(reloaded.last(), Some(5));
     for seq in 2..=5 {
-        assert_eq!(reloaded.get(seq).unwrap(), batch(seq, 10));
+        assert_eq!(reloaded.get(seq).unwrap(), batch(seq, 10).bytes);
     }
     assert_eq!(reloaded.take_lost(), 0);
 }
@@ -73,7 +98,7 @@ fn batches_past_the_memory_bound_spill_to_disk_and_are_reloaded() {
 fn past_the_disk_bound_the_oldest_are_dropped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let spill = dir.path().join("spill");
-    let one = batch(1, 4).encoded_len() as u64;
+    let one = batch(1, 4).bytes.len() as u64;
     let mut unacked = Unacked::open(
         Some(spill.clone()),
         Limits {
@@ -94,7 +119,7 @@ fn past_the_disk_bound_the_oldest_are_dropped_and_counted() {
 
 #[test]
 fn without_a_disk_the_oldest_in_memory_are_dropped_and_counted() {
-    let one = batch(1, 3).encoded_len() as u64;
+    let one = batch(1, 3).bytes.len() as u64;
     let mut unacked = Unacked::open(
         None,
         Limits {
@@ -123,11 +148,7 @@ fn broken_spill_files_are_removed_at_start() {
     )
     .unwrap();
     std::fs::write(spill.join("00000000000000000008.pb.tmp"), b"half").unwrap();
-    std::fs::write(
-        spill.join("00000000000000000009.pb"),
-        batch(9, 1).encode_to_vec(),
-    )
-    .unwrap();
+    std::fs::write(spill.join("00000000000000000009.pb"), batch(9, 1).bytes).unwrap();
     let unacked = Unacked::open(Some(spill.clone()), Limits::default());
     assert_eq!(unacked.len(), 1);
     assert_eq!(spilled_files(&spill), ["00000000000000000009.pb"]);
@@ -154,11 +175,7 @@ fn the_incarnation_survives_a_restart_and_sequences_never_repeat() {
     // Losing the incarnation starts a new sequence space, and spilled
     // batches of the old one are not resumed under it.
     let spill = dir.path().join("telemetry/spill");
-    std::fs::write(
-        spill.join("00000000000000000002.pb"),
-        batch(2, 1).encode_to_vec(),
-    )
-    .unwrap();
+    std::fs::write(spill.join("00000000000000000002.pb"), batch(2, 1).bytes).unwrap();
     std::fs::remove_file(dir.path().join("telemetry/incarnation")).unwrap();
     let mut fresh = State::load(dir.path());
     assert_ne!(fresh.incarnation, incarnation);

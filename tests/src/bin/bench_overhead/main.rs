@@ -51,6 +51,11 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark program: printing is its job
 
+// The node binary's allocator (see data-plane/src/main.rs): the node measured here
+// allocates as a deployed one does.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod gateway;
 mod measure;
 mod node;
