@@ -9,8 +9,11 @@
 //! (prompt injection BLOCK, PII REDACT), policy, route (two tiers, weighted
 //! splits, sticky per user), cache lookup, and in the agent loop output
 //! redaction and cost. Every request differs by a counter, so the cache is
-//! looked up, misses, and stores the answer. Spans arrive with the telemetry
-//! issue and are not measured yet.
+//! looked up, misses, and stores the answer. The *on* node also runs the
+//! budget stage and builds every request's spans, handing them (encoded) to
+//! an outbox that a thread of the bench empties, as a node's reporter would
+//! (the reporter's batching and sending are not measured). The nodes use
+//! the node binary's allocator (mimalloc).
 //!
 //! 1. Latency at one request in flight: the same gRPC requests (loopback,
 //!    TCP_NODELAY), alternating between the two nodes in blocks to cancel
