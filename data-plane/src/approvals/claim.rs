@@ -19,7 +19,7 @@ use tokio::sync::OnceCell;
 use tonic::Status;
 
 use super::ApprovalClient;
-use crate::pipeline::ExecError;
+use crate::pipeline::{ExecError, Outcome};
 
 /// The claim of one approval by one request; cheap to clone (clones share
 /// the claim and its result).
@@ -82,6 +82,69 @@ impl Claim {
     /// before anything ran), else the control plane's answer.
     pub fn made(&self) -> Option<&Result<(), Status>> {
         self.0.made.get()
+    }
+}
+
+// === a request that ended before its claim ===
+
+/// What a request that ended before it ran tells its caller about the
+/// approval it named.
+fn not_used(id: &str) -> String {
+    format!("approval {id} was not used and stays APPROVED until it expires; re-submit with it")
+}
+
+/// `outcome` of a request that ended before its claim (refused by a
+/// guardrail, blocked by policy), saying the approval was not used.
+pub(super) fn unused_in_outcome(mut outcome: Outcome, id: &str) -> Outcome {
+    if let Some((_, message)) = &mut outcome.error {
+        message.push_str("; ");
+        message.push_str(&not_used(id));
+    }
+    outcome
+}
+
+/// `error` of a request that ended before its claim (a rate limit, a
+/// budget, no model to route to), saying the approval was not used.
+pub(super) fn unused_in_error(error: ExecError, id: &str) -> ExecError {
+    let note = |text: String| format!("{text}; {}", not_used(id));
+    match error {
+        ExecError::Unauthenticated(message) => ExecError::Unauthenticated(note(message)),
+        ExecError::PermissionDenied { reason, message } => ExecError::PermissionDenied {
+            reason,
+            message: note(message),
+        },
+        ExecError::RateLimited {
+            subject,
+            description,
+            retry_after,
+        } => ExecError::RateLimited {
+            subject,
+            description: note(description),
+            retry_after,
+        },
+        ExecError::BudgetExhausted {
+            subject,
+            description,
+        } => ExecError::BudgetExhausted {
+            subject,
+            description: note(description),
+        },
+        ExecError::FailedPrecondition {
+            reason,
+            message,
+            violations,
+        } => ExecError::FailedPrecondition {
+            reason,
+            message: note(message),
+            violations,
+        },
+        ExecError::Unavailable(message) => ExecError::Unavailable(note(message)),
+        ExecError::DeadlineExceeded(message) => ExecError::DeadlineExceeded(note(message)),
+        // Field violations name fields of the request, and these two carry
+        // no message for the caller: they stay as they are.
+        error @ (ExecError::Invalid(_) | ExecError::NotFound { .. } | ExecError::Internal(_)) => {
+            error
+        }
     }
 }
 
