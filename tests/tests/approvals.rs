@@ -403,6 +403,27 @@ fn state(approval: &pb::Approval) -> pb::ApprovalState {
 }
 
 /// Asks for `request` and returns the approval id of its PENDING_APPROVAL.
+/// `ran` succeeded under approval `id`, and the payments service saw one
+/// call: `tool` with the approved `arguments`.
+fn ran_once_as_approved(
+    w: &World,
+    ran: &pb::ExecuteResponse,
+    id: &str,
+    tool: &str,
+    arguments: serde_json::Value,
+) {
+    assert_eq!(status(ran), pb::ExecutionStatus::Succeeded, "{ran:?}");
+    assert_eq!(ran.approval_id, id);
+    let calls = w.payments.calls();
+    assert_eq!(calls.len(), 1, "ran exactly once");
+    assert_eq!(calls[0].0, tool);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&calls[0].1).unwrap(),
+        arguments,
+        "the tool got the approved arguments"
+    );
+}
+
 async fn pending(w: &World, key: &str, request: pb::ExecuteRequest) -> String {
     let response = w.execute(key, request).await.unwrap();
     assert_eq!(
@@ -530,15 +551,12 @@ async fn a_critical_action_needs_two_distinct_approvers_and_runs_exactly_once_as
         .execute("acme/caller", with_approval(wire.clone(), &id))
         .await
         .unwrap();
-    assert_eq!(status(&ran), pb::ExecutionStatus::Succeeded, "{ran:?}");
-    assert_eq!(ran.approval_id, id);
-    let calls = w.payments.calls();
-    assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].0, "payments.wire");
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&calls[0].1).unwrap(),
-        serde_json::from_str::<serde_json::Value>(WIRE).unwrap(),
-        "the tool got the approved arguments"
+    ran_once_as_approved(
+        &w,
+        &ran,
+        &id,
+        "payments.wire",
+        serde_json::from_str(WIRE).unwrap(),
     );
     let again = w
         .execute("acme/caller", with_approval(wire, &id))
@@ -662,14 +680,12 @@ async fn an_approved_request_refused_before_it_ran_keeps_its_approval_for_the_re
     let ran = when_admitted(&mut agents, with_approval(refund.clone(), &id))
         .await
         .unwrap();
-    assert_eq!(status(&ran), pb::ExecutionStatus::Succeeded, "{ran:?}");
-    assert_eq!(ran.approval_id, id);
-    let calls = w.payments.calls();
-    assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].0, "payments.refund");
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&calls[0].1).unwrap(),
-        serde_json::json!({"id": "p-7"})
+    ran_once_as_approved(
+        &w,
+        &ran,
+        &id,
+        "payments.refund",
+        serde_json::json!({"id": "p-7"}),
     );
     let executed = w.get("acme/alice", "", &id).await.unwrap();
     assert_eq!(state(&executed), pb::ApprovalState::Executed);
