@@ -31,10 +31,12 @@
 use std::{collections::HashMap, sync::RwLock};
 
 use aios_model::Usd;
-use aios_proto::v1 as pb;
 use metrics::{Counter, Histogram};
 
-use super::span::{OP_CHAT, OP_EMBEDDINGS, OP_INVOKE_AGENT};
+use super::{
+    record::Record,
+    span::{OP_CHAT, OP_EMBEDDINGS, OP_INVOKE_AGENT},
+};
 
 /// Requests that ended.
 pub const REQUESTS: &str = "aios_requests_total";
@@ -94,24 +96,22 @@ impl RequestMetrics {
 
     /// Counts one request from its spans: the request span first, then its
     /// children (as [`super::span::execution_spans`] builds them).
-    pub fn record(&self, spans: &[pb::Span]) {
+    pub fn record(&self, spans: &[Record<'_>]) {
         let Some(request) = spans.first() else {
             return;
         };
-        let operation = match request.operation.as_str() {
+        let operation = match request.operation {
             OP_EMBEDDINGS => &self.embeddings,
             _ => &self.invoke,
         };
-        match error_type(request) {
+        match request.error_type() {
             None => operation.ok.increment(1),
             Some(status) => operation
                 .errors
                 .get(status, |status| operation.error_counter(status))
                 .increment(1),
         }
-        let nanos = request
-            .end_time_unix_nano
-            .saturating_sub(request.start_time_unix_nano);
+        let nanos = request.end.saturating_sub(request.start);
         operation.duration.record(nanos as f64 / 1e9);
         for span in spans {
             self.model_span(span);
@@ -119,7 +119,7 @@ impl RequestMetrics {
     }
 
     /// A span's model call, tokens and cost.
-    fn model_span(&self, span: &pb::Span) {
+    fn model_span(&self, span: &Record<'_>) {
         let chat = span.operation == OP_CHAT;
         let micros = Usd::from_f64(span.cost_usd).map_or(0, |c| c.micros().max(0) as u64);
         if !chat && span.input_tokens == 0 && span.output_tokens == 0 && micros == 0 {
@@ -127,9 +127,9 @@ impl RequestMetrics {
         }
         let model = self
             .models
-            .get(&span.model, |name| std::sync::Arc::new(Model::new(name)));
+            .get(span.model, |name| std::sync::Arc::new(Model::new(name)));
         if chat {
-            match error_type(span) {
+            match span.error_type() {
                 None => model.calls_ok.increment(1),
                 Some(outcome) => model
                     .call_errors
@@ -188,12 +188,6 @@ impl Model {
             "outcome" => outcome.to_string(),
         )
     }
-}
-
-/// The span's `error.type`, if it failed.
-fn error_type(span: &pb::Span) -> Option<&str> {
-    let status = span.status.as_ref()?;
-    (status.code == pb::SpanStatusCode::Error as i32).then_some(status.error_type.as_str())
 }
 
 // === Family ===

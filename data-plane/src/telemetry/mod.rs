@@ -8,6 +8,7 @@
 
 pub mod metrics;
 pub mod outbox;
+pub mod record;
 pub mod reporter;
 pub mod span;
 pub mod spill;

@@ -28,6 +28,8 @@ use aios_proto::v1 as pb;
 use prost::Message;
 use tokio::sync::Notify;
 
+use super::record::{self, Record};
+
 /// Requests' spans the outbox holds before it drops (one entry per request).
 pub const DEFAULT_OUTBOX_CAPACITY: usize = 8192;
 
@@ -61,6 +63,18 @@ impl Encoded {
         Self {
             bytes,
             spans: spans.len(),
+        }
+    }
+
+    /// Encodes the records of one request's spans.
+    pub fn from_records(shared: &record::Shared<'_>, records: &[Record<'_>]) -> Self {
+        let mut bytes = Vec::with_capacity(records.iter().map(|r| r.encoded_len(shared)).sum());
+        for record in records {
+            record.encode(shared, &mut bytes);
+        }
+        Self {
+            bytes,
+            spans: records.len(),
         }
     }
 

@@ -22,6 +22,7 @@
 //! after the node's request metrics have counted them ([`RequestMetrics`]).
 
 use std::{
+    borrow::Cow,
     sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -33,6 +34,7 @@ use tokio::time::Instant;
 use super::{
     metrics::RequestMetrics,
     outbox::{Encoded, Outbox},
+    record::{Record, Shared, Status as SpanStatus, Value},
     trace::{TraceContext, new_span_id},
 };
 use crate::{
@@ -147,8 +149,8 @@ impl SpanSink {
 
     /// Builds, counts and hands off the spans of an execution that ended now.
     pub fn execution(&self, info: &RequestInfo, ended: Ended<'_>) {
-        let spans = execution_spans(self, info, ended, Instant::now());
-        self.hand_off(&spans);
+        let records = execution_records(info, ended, Instant::now());
+        self.hand_off(info, &records);
     }
 
     /// Builds, counts and hands off the span of an embeddings request of
@@ -159,19 +161,16 @@ impl SpanSink {
         model: &str,
         result: Result<(u64, Usd), &ExecError>,
     ) {
-        let mut span = Builder::new(self, info).span(
-            info.trace.span_id,
-            info.trace.parent,
-            format!("{OP_EMBEDDINGS} {model}"),
-            OP_EMBEDDINGS,
-        );
-        span.start_time_unix_nano = info.clock.start();
-        span.end_time_unix_nano = info.clock.unix_nanos(Instant::now());
-        span.model = model.to_string();
-        set(&mut span, attr::REQUEST_MODEL, model);
+        let mut span = Record::new(info.trace.span_id, info.trace.parent, OP_EMBEDDINGS, model);
+        span.start = info.clock.start();
+        span.end = info.clock.unix_nanos(Instant::now());
+        span.action = &info.action;
+        span.model = model;
+        span.set(attr::OPERATION, OP_EMBEDDINGS);
+        span.set(attr::REQUEST_MODEL, model);
         match result {
             Ok((input_tokens, cost)) => {
-                set(&mut span, attr::RESPONSE_MODEL, model);
+                span.set(attr::RESPONSE_MODEL, model);
                 own(
                     &mut span,
                     Usage {
@@ -180,18 +179,30 @@ impl SpanSink {
                     },
                     cost,
                 );
-                span.status = Some(ok());
+                span.status = Some(SpanStatus::OK);
             }
             Err(error) => fail(&mut span, exec_error_type(error), error.to_string()),
         }
-        self.hand_off(&[span]);
+        self.hand_off(info, &[span]);
     }
 
-    /// Counts `spans` and hands them to the outbox encoded; they are freed
-    /// here, on the thread that built them (see [`super::outbox`]).
-    fn hand_off(&self, spans: &[pb::Span]) {
-        self.metrics.record(spans);
-        self.outbox.send(Encoded::new(spans));
+    /// Counts `records` and hands them to the outbox encoded (see
+    /// [`super::outbox`]).
+    fn hand_off(&self, info: &RequestInfo, records: &[Record<'_>]) {
+        self.metrics.record(records);
+        self.outbox
+            .send(Encoded::from_records(&self.shared(info), records));
+    }
+
+    /// What every span of `info`'s request shares.
+    fn shared<'a>(&'a self, info: &'a RequestInfo) -> Shared<'a> {
+        Shared {
+            trace_id: info.trace.trace_id.to_be_bytes(),
+            tenant: &info.tenant,
+            agent: &info.agent,
+            node: &self.node,
+            region: &self.region,
+        }
     }
 }
 
@@ -234,24 +245,39 @@ impl Clock {
 
 // === building ===
 
-/// Every span of an execution that ended at `ended_at`: the request span
-/// first, then its children in step order.
+/// Every span of an execution that ended at `ended_at`, as the outbox
+/// receives them (decoded): the request span first, then its children in
+/// step order. For tests and tools; the request path encodes the records.
 pub fn execution_spans(
     sink: &SpanSink,
     info: &RequestInfo,
     ended: Ended<'_>,
     ended_at: Instant,
 ) -> Vec<pb::Span> {
-    let builder = Builder::new(sink, info);
-    let mut request = builder.span(
+    let records = execution_records(info, ended, ended_at);
+    Encoded::from_records(&sink.shared(info), &records)
+        .decode()
+        .unwrap_or_default()
+}
+
+/// The records of [`execution_spans`].
+fn execution_records<'a>(
+    info: &'a RequestInfo,
+    ended: Ended<'a>,
+    ended_at: Instant,
+) -> Vec<Record<'a>> {
+    let builder = Builder { info };
+    let mut request = Record::new(
         info.trace.span_id,
         info.trace.parent,
-        format!("{OP_INVOKE_AGENT} {}", info.agent),
         OP_INVOKE_AGENT,
+        &info.agent,
     );
-    request.start_time_unix_nano = info.clock.start();
-    request.end_time_unix_nano = info.clock.unix_nanos(ended_at);
-    set(&mut request, attr::AGENT_NAME, &info.agent);
+    request.action = &info.action;
+    request.start = info.clock.start();
+    request.end = info.clock.unix_nanos(ended_at);
+    request.set(attr::OPERATION, OP_INVOKE_AGENT);
+    request.set(attr::AGENT_NAME, info.agent.as_str());
     builder.params(&mut request);
     let (outcome, flags) = match ended {
         Ended::Error(error) => {
@@ -261,7 +287,7 @@ pub fn execution_spans(
         Ended::Outcome(outcome, flags) => (outcome, flags),
     };
     if !flags.is_empty() {
-        set(&mut request, attr::GUARDRAIL_FLAGS, &flags.join(","));
+        request.set(attr::GUARDRAIL_FLAGS, flags.join(","));
     }
     // An idempotent replay hands back the first run's outcome, steps and
     // all; those steps started before this request and were reported then.
@@ -269,15 +295,17 @@ pub fn execution_spans(
         .steps
         .first()
         .is_some_and(|s| s.started < info.clock.at);
-    let mut spans = vec![];
+    let mut spans = Vec::with_capacity(outcome.steps.len() + 2);
+    // The request span goes first; it is filled in once the children say
+    // what they account for.
+    spans.push(Record::new(0, None, OP_INVOKE_AGENT, ""));
     if !replay && !outcome.cache_hit {
-        spans.reserve(outcome.steps.len() + 1);
         for step in &outcome.steps {
             builder.children(step, &mut spans);
         }
     }
     let (mut usage, mut cost) = (Usage::default(), Usd::ZERO);
-    for child in &spans {
+    for child in &spans[1..] {
         usage.input_tokens = usage.input_tokens.saturating_add(child.input_tokens);
         usage.output_tokens = usage.output_tokens.saturating_add(child.output_tokens);
     }
@@ -288,16 +316,16 @@ pub fn execution_spans(
     {
         cost = cost.saturating_add(step.cost);
     }
-    request.model = outcome.model.clone();
+    request.model = &outcome.model;
     if let Some(first) = first_model(outcome) {
-        set(&mut request, attr::REQUEST_MODEL, first);
+        request.set(attr::REQUEST_MODEL, first);
     }
     if !outcome.model.is_empty() {
-        set(&mut request, attr::RESPONSE_MODEL, &outcome.model);
+        request.set(attr::RESPONSE_MODEL, outcome.model.as_str());
     }
     request.cache_hit = outcome.cache_hit;
     if replay {
-        set(&mut request, attr::REPLAY, "true");
+        request.set(attr::REPLAY, "true");
     } else if !outcome.cache_hit {
         // What the children do not account for is the request span's own.
         let rest = Usage {
@@ -317,17 +345,17 @@ pub fn execution_spans(
         .as_ref()
         .map_or(("", ""), |(r, m)| (r.as_str(), m.as_str()));
     match outcome.status {
-        Status::Succeeded => request.status = Some(ok()),
+        Status::Succeeded => request.status = Some(SpanStatus::OK),
         Status::Blocked => fail(&mut request, "blocked", format!("{reason}: {message}")),
         // Failure reasons are the pipeline's own UPPER_SNAKE constants
         // (`MAX_STEPS`, `TOOL_FAILED`, …): few, so fine as a class.
         Status::Failed => fail(
             &mut request,
-            &reason.to_ascii_lowercase(),
+            reason.to_ascii_lowercase(),
             format!("{reason}: {message}"),
         ),
     }
-    spans.insert(0, request);
+    spans[0] = request;
     spans
 }
 
@@ -341,78 +369,44 @@ fn first_model(outcome: &Outcome) -> Option<&str> {
     )
 }
 
-/// What every span of one request shares.
+/// What every span of one request shares, for building its children.
 struct Builder<'a> {
-    sink: &'a SpanSink,
     info: &'a RequestInfo,
-    trace_id: Vec<u8>,
-    parent: Vec<u8>,
 }
 
 impl<'a> Builder<'a> {
-    fn new(sink: &'a SpanSink, info: &'a RequestInfo) -> Self {
-        Self {
-            sink,
-            info,
-            trace_id: info.trace.trace_id.to_be_bytes().to_vec(),
-            parent: info.trace.span_id.to_be_bytes().to_vec(),
-        }
-    }
-
-    /// A span of this request: its own id, under `parent` (`None` = root).
-    fn span(&self, id: u64, parent: Option<u64>, name: String, operation: &str) -> pb::Span {
-        let mut span = pb::Span {
-            trace_id: self.trace_id.clone(),
-            span_id: id.to_be_bytes().to_vec(),
-            parent_span_id: parent.map_or_else(Vec::new, |p| p.to_be_bytes().to_vec()),
-            name,
-            tenant: self.info.tenant.clone(),
-            agent: self.info.agent.clone(),
-            action: self.info.action.clone(),
-            node: self.sink.node.to_string(),
-            region: self.sink.region.to_string(),
-            operation: operation.to_string(),
-            ..Default::default()
-        };
-        set(&mut span, attr::OPERATION, operation);
-        span
-    }
-
     /// A child of the request span.
-    fn child(&self, id: u64, name: String, operation: &str) -> pb::Span {
-        let mut span = self.span(id, None, name, operation);
-        span.parent_span_id.clone_from(&self.parent);
+    fn child(&self, id: u64, operation: &'static str, subject: &'a str) -> Record<'a> {
+        let mut span = Record::new(id, Some(self.info.trace.span_id), operation, subject);
+        span.action = &self.info.action;
+        span.set(attr::OPERATION, operation);
         span
     }
 
     /// The request's sampling parameters, as attributes.
-    fn params(&self, span: &mut pb::Span) {
+    fn params(&self, span: &mut Record<'a>) {
         if let Some(t) = self.info.temperature {
-            set(span, attr::TEMPERATURE, &t.to_string());
+            span.set(attr::TEMPERATURE, t.to_string());
         }
         if let Some(n) = self.info.max_tokens {
-            set(span, attr::MAX_TOKENS, &n.to_string());
+            span.set(attr::MAX_TOKENS, u64::from(n));
         }
     }
 
     /// The spans of one step, pushed onto `spans`.
-    fn children(&self, step: &Step, spans: &mut Vec<pb::Span>) {
+    fn children(&self, step: &'a Step, spans: &mut Vec<Record<'a>>) {
         let clock = &self.info.clock;
         let end = clock.unix_nanos(step.started + step.latency);
         match step.kind {
             StepKind::Tool => {
                 let id = step.span_id.unwrap_or_else(new_span_id);
-                let mut span = self.child(
-                    id,
-                    format!("{OP_EXECUTE_TOOL} {}", step.name),
-                    OP_EXECUTE_TOOL,
-                );
-                span.action.clone_from(&step.name);
-                span.start_time_unix_nano = clock.unix_nanos(step.started);
-                span.end_time_unix_nano = end;
-                set(&mut span, attr::TOOL_NAME, &step.name);
+                let mut span = self.child(id, OP_EXECUTE_TOOL, &step.name);
+                span.action = &step.name;
+                span.start = clock.unix_nanos(step.started);
+                span.end = end;
+                span.set(attr::TOOL_NAME, step.name.as_str());
                 if step.skipped_forensic {
-                    set(&mut span, attr::SKIPPED_FORENSIC, "true");
+                    span.set(attr::SKIPPED_FORENSIC, "true");
                 }
                 outcome_of(&mut span, step.error_type, step.error.as_deref());
                 spans.push(span);
@@ -420,10 +414,10 @@ impl<'a> Builder<'a> {
             StepKind::Model if step.attempts.is_empty() => {
                 // No backend was called (every breaker open, no time left).
                 let mut span = self.chat(&step.name);
-                span.start_time_unix_nano = clock.unix_nanos(step.started);
-                span.end_time_unix_nano = end;
-                set(&mut span, attr::ATTEMPTS, "0");
-                self.served(&mut span, step);
+                span.start = clock.unix_nanos(step.started);
+                span.end = end;
+                span.set(attr::ATTEMPTS, 0_u64);
+                served(&mut span, step);
                 outcome_of(&mut span, step.error_type, step.error.as_deref());
                 spans.push(span);
             }
@@ -434,9 +428,9 @@ impl<'a> Builder<'a> {
                     if i == last {
                         // The call that ended the step: it carries the step's
                         // tokens and cost, and a stream ends with the step.
-                        self.served(&mut span, step);
+                        served(&mut span, step);
                         if attempt.error.is_none() {
-                            span.end_time_unix_nano = end;
+                            span.end = end;
                             outcome_of(&mut span, step.error_type, step.error.as_deref());
                         }
                     }
@@ -446,85 +440,75 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn chat(&self, model: &str) -> pb::Span {
-        let mut span = self.child(new_span_id(), format!("{OP_CHAT} {model}"), OP_CHAT);
-        span.action = OP_CHAT.to_string();
-        span.model = model.to_string();
-        set(&mut span, attr::REQUEST_MODEL, model);
+    fn chat(&self, model: &'a str) -> Record<'a> {
+        let mut span = self.child(new_span_id(), OP_CHAT, model);
+        span.action = OP_CHAT;
+        span.model = model;
+        span.set(attr::REQUEST_MODEL, model);
         self.params(&mut span);
         span
     }
 
     /// One call to a backend.
-    fn attempt(&self, attempt: &Attempted) -> pb::Span {
+    fn attempt(&self, attempt: &'a Attempted) -> Record<'a> {
         let clock = &self.info.clock;
         let mut span = self.chat(&attempt.model);
-        span.start_time_unix_nano = clock.unix_nanos(attempt.started);
-        span.end_time_unix_nano = clock.unix_nanos(attempt.started + attempt.latency);
-        set(&mut span, attr::ATTEMPT, &attempt.attempt.to_string());
+        span.start = clock.unix_nanos(attempt.started);
+        span.end = clock.unix_nanos(attempt.started + attempt.latency);
+        span.set(attr::ATTEMPT, u64::from(attempt.attempt));
         if attempt.fallback {
-            set(&mut span, attr::FALLBACK, "true");
+            span.set(attr::FALLBACK, "true");
         }
         match attempt.error {
             None => {
-                set(&mut span, attr::RESPONSE_MODEL, &attempt.model);
-                span.status = Some(ok());
+                span.set(attr::RESPONSE_MODEL, attempt.model.as_str());
+                span.status = Some(SpanStatus::OK);
             }
-            Some(kind) => fail(
-                &mut span,
-                backend_error_type(kind),
-                kind.as_str().to_string(),
-            ),
+            Some(kind) => fail(&mut span, backend_error_type(kind), kind.as_str()),
         }
         span
     }
+}
 
-    /// The step's tokens, cost and baseline on `span`.
-    fn served(&self, span: &mut pb::Span, step: &Step) {
-        own(span, step.usage, step.cost);
-        span.baseline_cost_usd = step.baseline_cost.map_or(0.0, Usd::to_f64);
-    }
+/// The step's tokens, cost and baseline on `span`.
+fn served(span: &mut Record<'_>, step: &Step) {
+    own(span, step.usage, step.cost);
+    span.baseline_cost_usd = step.baseline_cost.map_or(0.0, Usd::to_f64);
 }
 
 /// Sets the span's own tokens and cost.
-fn own(span: &mut pb::Span, usage: Usage, cost: Usd) {
+fn own(span: &mut Record<'_>, usage: Usage, cost: Usd) {
     span.input_tokens = usage.input_tokens;
     span.output_tokens = usage.output_tokens;
     span.cost_usd = cost.to_f64();
     if usage.input_tokens > 0 || usage.output_tokens > 0 {
-        set(span, attr::INPUT_TOKENS, &usage.input_tokens.to_string());
-        set(span, attr::OUTPUT_TOKENS, &usage.output_tokens.to_string());
+        span.set(attr::INPUT_TOKENS, usage.input_tokens);
+        span.set(attr::OUTPUT_TOKENS, usage.output_tokens);
     }
 }
 
-fn set(span: &mut pb::Span, key: &str, value: &str) {
-    span.attributes.insert(key.to_string(), value.to_string());
-}
-
-fn ok() -> pb::SpanStatus {
-    pb::SpanStatus {
-        code: pb::SpanStatusCode::Ok as i32,
-        ..Default::default()
-    }
-}
-
-fn fail(span: &mut pb::Span, error_type: &str, message: String) {
-    set(span, attr::ERROR_TYPE, error_type);
-    span.status = Some(pb::SpanStatus {
-        code: pb::SpanStatusCode::Error as i32,
-        error_type: error_type.to_string(),
-        message,
+fn fail<'a>(
+    span: &mut Record<'a>,
+    error_type: impl Into<Cow<'a, str>>,
+    message: impl Into<Cow<'a, str>>,
+) {
+    let error_type = error_type.into();
+    span.set(attr::ERROR_TYPE, Value::Text(error_type.clone()));
+    span.status = Some(SpanStatus {
+        code: pb::SpanStatusCode::Error,
+        error_type,
+        message: message.into(),
     });
 }
 
 /// OK, or ERROR with the step's error class and message.
-fn outcome_of(span: &mut pb::Span, error_type: Option<&str>, message: Option<&str>) {
+fn outcome_of<'a>(span: &mut Record<'a>, error_type: Option<&'a str>, message: Option<&'a str>) {
     match (error_type, message) {
-        (None, None) => span.status = Some(ok()),
+        (None, None) => span.status = Some(SpanStatus::OK),
         (error_type, message) => fail(
             span,
             error_type.unwrap_or("internal"),
-            message.unwrap_or_default().to_string(),
+            message.unwrap_or_default(),
         ),
     }
 }
