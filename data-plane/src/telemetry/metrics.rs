@@ -95,7 +95,7 @@ impl RequestMetrics {
     }
 
     /// Counts one request from its spans: the request span first, then its
-    /// children (as [`super::span::execution_spans`] builds them).
+    /// children, as the span sink builds them.
     pub fn record(&self, spans: &[Record<'_>]) {
         let Some(request) = spans.first() else {
             return;

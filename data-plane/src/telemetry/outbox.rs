@@ -39,9 +39,6 @@ pub const POLL: Duration = Duration::from_millis(50);
 /// Spans waiting that make a sender wake the reporter (a batch's worth).
 const WAKE_AT: usize = 1000;
 
-/// Field number of `SpanBatch.spans`.
-const SPANS_FIELD: u32 = 2;
-
 /// One request's spans, encoded as `SpanBatch.spans` entries: appended to
 /// an encoded batch they are its spans.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -51,14 +48,15 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// Encodes `spans`.
-    pub fn new(spans: &[pb::Span]) -> Self {
+    /// Encodes `spans` (tests: the request path encodes records).
+    #[cfg(test)]
+    pub(crate) fn new(spans: &[pb::Span]) -> Self {
         let mut bytes = Vec::with_capacity(prost::encoding::message::encoded_len_repeated(
-            SPANS_FIELD,
+            record::SPANS_FIELD,
             spans,
         ));
         for span in spans {
-            prost::encoding::message::encode(SPANS_FIELD, span, &mut bytes);
+            prost::encoding::message::encode(record::SPANS_FIELD, span, &mut bytes);
         }
         Self {
             bytes,
@@ -68,7 +66,7 @@ impl Encoded {
 
     /// Encodes the records of one request's spans.
     pub fn from_records(shared: &record::Shared<'_>, records: &[Record<'_>]) -> Self {
-        let mut bytes = Vec::with_capacity(records.iter().map(|r| r.encoded_len(shared)).sum());
+        let mut bytes = Vec::new();
         for record in records {
             record.encode(shared, &mut bytes);
         }

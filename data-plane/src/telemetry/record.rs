@@ -153,20 +153,16 @@ impl<'a> Record<'a> {
             .map(|s| s.error_type.as_ref())
     }
 
-    /// Appends this span to `out` as one `SpanBatch.spans` entry (field 2).
+    /// Appends this span to `out` as one `SpanBatch.spans` entry (field 2),
+    /// reserving exactly the room it takes.
     pub fn encode(&self, shared: &Shared<'_>, out: &mut Vec<u8>) {
         let len = self.body_len(shared);
+        out.reserve(key_len(SPANS_FIELD) + encoded_len_varint(len as u64) + len);
         encode_key(SPANS_FIELD, WireType::LengthDelimited, out);
         encode_varint(len as u64, out);
         let start = out.len();
         self.body(shared, out);
         debug_assert_eq!(out.len() - start, len, "the length written ahead");
-    }
-
-    /// Bytes of [`Record::encode`]'s output.
-    pub fn encoded_len(&self, shared: &Shared<'_>) -> usize {
-        let len = self.body_len(shared);
-        key_len(SPANS_FIELD) + encoded_len_varint(len as u64) + len
     }
 
     fn name_len(&self) -> usize {
@@ -259,7 +255,7 @@ impl<'a> Record<'a> {
 }
 
 /// Field number of `SpanBatch.spans`.
-const SPANS_FIELD: u32 = 2;
+pub(super) const SPANS_FIELD: u32 = 2;
 
 fn bytes_len(tag: u32, bytes: &[u8]) -> usize {
     key_len(tag) + encoded_len_varint(bytes.len() as u64) + bytes.len()
@@ -376,11 +372,11 @@ mod tests {
     fn decoded(records: &[Record<'_>]) -> Vec<pb::Span> {
         let mut out = Vec::new();
         for record in records {
-            let before = out.len();
             record.encode(&shared(), &mut out);
-            assert_eq!(out.len() - before, record.encoded_len(&shared()));
         }
-        pb::SpanBatch::decode(out.as_slice()).unwrap().spans
+        let batch = pb::SpanBatch::decode(out.as_slice()).unwrap();
+        assert_eq!(out.len(), batch.encoded_len(), "as compact as prost's");
+        batch.spans
     }
 
     #[test]

@@ -296,16 +296,13 @@ fn execution_records<'a>(
         .first()
         .is_some_and(|s| s.started < info.clock.at);
     let mut spans = Vec::with_capacity(outcome.steps.len() + 2);
-    // The request span goes first; it is filled in once the children say
-    // what they account for.
-    spans.push(Record::new(0, None, OP_INVOKE_AGENT, ""));
     if !replay && !outcome.cache_hit {
         for step in &outcome.steps {
             builder.children(step, &mut spans);
         }
     }
     let (mut usage, mut cost) = (Usage::default(), Usd::ZERO);
-    for child in &spans[1..] {
+    for child in &spans {
         usage.input_tokens = usage.input_tokens.saturating_add(child.input_tokens);
         usage.output_tokens = usage.output_tokens.saturating_add(child.output_tokens);
     }
@@ -355,7 +352,7 @@ fn execution_records<'a>(
             format!("{reason}: {message}"),
         ),
     }
-    spans[0] = request;
+    spans.insert(0, request);
     spans
 }
 
