@@ -19,7 +19,7 @@ use tokio::sync::OnceCell;
 use tonic::Status;
 
 use super::ApprovalClient;
-use crate::pipeline::{ExecError, Outcome};
+use crate::pipeline::{Caller, ExecError, Outcome};
 
 /// The claim of one approval by one request; cheap to clone (clones share
 /// the claim and its result).
@@ -76,6 +76,18 @@ impl Claim {
             Ok(()) => Ok(()),
             Err(status) => Err(super::claim_error(&inner.request.id, status)),
         }
+    }
+
+    /// Whether this claim's approval covers `caller` running `action` of
+    /// `agent` with `arguments` (what the policy stage checks before it
+    /// admits a request with a ticket).
+    pub fn admits(&self, caller: &Caller, agent: &str, action: &str, arguments: &str) -> bool {
+        let bound = &self.0.request;
+        bound.tenant == caller.tenant
+            && bound.caller == caller.key_name
+            && bound.agent == agent
+            && bound.action == action
+            && bound.arguments_sha256 == aios_runtime::keys::arguments_sha256(arguments)
     }
 
     /// How the claim went: `None` if it was not made (the request ended

@@ -10,8 +10,8 @@
 //! deadline nears.
 //!
 //! A request naming an approval (or one that waited and was approved) runs
-//! with a [`tickets::Ticket`] that lets this one request past the policy
-//! stage, and carries a [`Claim`] that the agent loop makes right before
+//! with a ticket ([`tickets`]) that lets this one request past the policy
+//! stage: a [`Claim`], bound to what was approved, that the agent loop makes right before
 //! the request's action (or first model call) runs: the control plane moves
 //! the approval from APPROVED to EXECUTED by compare-and-swap only if the
 //! request matches what was approved, so it runs exactly once and with the
@@ -249,31 +249,19 @@ impl Approvals {
                 approval_id: None,
             });
         };
-        let arguments_sha256 = aios_runtime::keys::arguments_sha256(&subject.arguments);
         let claim = Claim::new(
             client.clone(),
             pb::ClaimApprovalRequest {
                 id: id.to_string(),
-                tenant: subject.caller.tenant.clone(),
-                caller: subject.caller.key_name.clone(),
-                agent: request.agent.clone(),
-                action: subject.admitted.action.clone(),
-                arguments_sha256: arguments_sha256.to_vec(),
-                policy_version: subject.terms.policy_version,
-            },
-        );
-        let _issued = tickets::issue(
-            tickets::Ticket {
-                approval_id: id.to_string(),
                 tenant: subject.caller.tenant,
                 caller: subject.caller.key_name,
                 agent: request.agent.clone(),
                 action: subject.admitted.action.clone(),
-                arguments_sha256,
-                claim: claim.clone(),
+                arguments_sha256: aios_runtime::keys::arguments_sha256(&subject.arguments).to_vec(),
+                policy_version: subject.terms.policy_version,
             },
-            &mut metadata,
         );
+        let _issued = tickets::issue(claim.clone(), &mut metadata);
         // The approval is what makes this run once; a replayed
         // idempotency key must not answer with the earlier refusal.
         request.idempotency_key.clear();

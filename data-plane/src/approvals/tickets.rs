@@ -17,46 +17,13 @@ use std::{
 use tonic::metadata::MetadataMap;
 
 use super::claim::Claim;
-use crate::pipeline::Caller;
-
 /// Metadata key carrying a ticket's nonce inside the node.
 pub const TICKET_METADATA: &str = "aios-approval-ticket";
 
-/// What an approval was bound to, and the claim that executes it.
-#[derive(Clone, Debug)]
-pub struct Ticket {
-    /// The approval.
-    pub approval_id: String,
-    /// Its tenant.
-    pub tenant: String,
-    /// The caller's key name.
-    pub caller: String,
-    /// The agent.
-    pub agent: String,
-    /// The action.
-    pub action: String,
-    /// SHA-256 of the approved arguments.
-    pub arguments_sha256: [u8; 32],
-    /// The claim of the approval, not made yet.
-    pub claim: Claim,
-}
-
-impl Ticket {
-    /// Whether this ticket covers `caller` running `action` of `agent`
-    /// with `arguments`.
-    pub fn admits(&self, caller: &Caller, agent: &str, action: &str, arguments: &str) -> bool {
-        self.tenant == caller.tenant
-            && self.caller == caller.key_name
-            && self.agent == agent
-            && self.action == action
-            && self.arguments_sha256 == aios_runtime::keys::arguments_sha256(arguments)
-    }
-}
-
 /// Tickets issued and not yet taken, by nonce.
-static ISSUED: LazyLock<Mutex<HashMap<String, Ticket>>> = LazyLock::new(Default::default);
+static ISSUED: LazyLock<Mutex<HashMap<String, Claim>>> = LazyLock::new(Default::default);
 
-fn issued() -> MutexGuard<'static, HashMap<String, Ticket>> {
+fn issued() -> MutexGuard<'static, HashMap<String, Claim>> {
     // A panic while holding the lock leaves a map that is still valid.
     ISSUED
         .lock()
@@ -76,10 +43,11 @@ impl Drop for Issued {
     }
 }
 
-/// Issues `ticket` and puts its nonce in `metadata`.
-pub fn issue(ticket: Ticket, metadata: &mut MetadataMap) -> Issued {
+/// Issues a ticket for `claim` (what was approved: the claim's binding) and
+/// puts its nonce in `metadata`.
+pub fn issue(claim: Claim, metadata: &mut MetadataMap) -> Issued {
     let nonce = format!("{:032x}", rand::random::<u128>());
-    issued().insert(nonce.clone(), ticket);
+    issued().insert(nonce.clone(), claim);
     if let Ok(value) = nonce.parse() {
         metadata.insert(TICKET_METADATA, value);
     }
@@ -91,8 +59,9 @@ pub fn strip(metadata: &mut MetadataMap) {
     metadata.remove(TICKET_METADATA);
 }
 
-/// Takes the ticket named in `metadata`, if one was issued and not taken.
-pub fn take(metadata: &MetadataMap) -> Option<Ticket> {
+/// Takes the ticket named in `metadata`, if one was issued and not taken:
+/// the claim it was issued for.
+pub fn take(metadata: &MetadataMap) -> Option<Claim> {
     let nonce = metadata.get(TICKET_METADATA)?.to_str().ok()?;
     issued().remove(nonce)
 }
@@ -104,34 +73,28 @@ mod tests {
     use aios_model::Role;
 
     use super::*;
+    use crate::pipeline::Caller;
     use crate::{
         ControlPlaneUrl,
         approvals::{ApprovalClient, claim::testing},
     };
 
-    /// A ticket for `apr_1`; its claim's client is never called.
-    fn ticket() -> Ticket {
+    /// A ticket's claim of `apr_1` (acme, key `k`, agent `bot`, action
+    /// `pay`, arguments `{}`); its client is never called.
+    fn ticket() -> Claim {
         let client =
             ApprovalClient::new(&[ControlPlaneUrl("http://127.0.0.1:1".into())], None).unwrap();
-        Ticket {
-            approval_id: "apr_1".into(),
-            tenant: "acme".into(),
-            caller: "ci".into(),
-            agent: "bot".into(),
-            action: "pay".into(),
-            arguments_sha256: aios_runtime::keys::arguments_sha256("{}"),
-            claim: testing::claim(client),
-        }
+        testing::claim(client)
     }
 
     fn taken(metadata: &MetadataMap) -> Option<String> {
-        take(metadata).map(|t| t.approval_id)
+        take(metadata).map(|t| t.approval_id().to_string())
     }
 
     fn caller() -> Caller {
         Caller {
             tenant: "acme".into(),
-            key_name: "ci".into(),
+            key_name: "k".into(),
             role: Role::Caller,
             rate_limit: Default::default(),
             allowed_agents: vec![],
@@ -144,8 +107,8 @@ mod tests {
         let mut metadata = MetadataMap::new();
         let issued = issue(ticket(), &mut metadata);
         let t = take(&metadata).unwrap();
-        assert_eq!(t.approval_id, "apr_1");
-        assert!(t.claim.made().is_none(), "taking a ticket claims nothing");
+        assert_eq!(t.approval_id(), "apr_1");
+        assert!(t.made().is_none(), "taking a ticket claims nothing");
         assert_eq!(taken(&metadata), None, "taken once");
         drop(issued);
 

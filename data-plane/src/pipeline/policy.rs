@@ -147,15 +147,15 @@ impl Stage for PolicyStage {
         )? {
             Ok(mut admitted) => {
                 if admitted.approval.is_some() {
-                    let ticket = tickets::take(&call.metadata).filter(|t| {
-                        t.admits(
+                    let claim = tickets::take(&call.metadata).filter(|claim| {
+                        claim.admits(
                             caller,
                             &call.request.agent,
                             &admitted.action,
                             &approval_arguments(&call.request.input),
                         )
                     });
-                    let Some(ticket) = ticket else {
+                    let Some(claim) = claim else {
                         return Ok(Flow::Done(Box::new(Outcome {
                             criticality: admitted.criticality,
                             ..Outcome::blocked(
@@ -167,8 +167,8 @@ impl Stage for PolicyStage {
                             )
                         })));
                     };
-                    admitted.approval_id = Some(ticket.approval_id);
-                    call.claim = Some(ticket.claim);
+                    admitted.approval_id = Some(claim.approval_id().to_string());
+                    call.claim = Some(claim);
                 }
                 call.admitted = Some(admitted);
                 Ok(Flow::Continue)
