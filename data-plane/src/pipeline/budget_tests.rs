@@ -25,7 +25,7 @@ use crate::{
         agent_loop::AgentLoop,
         backends::{BackendFactory, Backends},
         route::RouteStage,
-        testing::{budget_resource, catalog},
+        testing::{budget_resource, catalog, resource},
     },
     reliability::{Breakers, Reliability, RetryPolicy},
 };
@@ -34,17 +34,6 @@ use crate::{
 const LIMIT: i64 = 10_000_000;
 
 // === The world ===
-
-fn resource(name: &str, spec: Spec) -> pb::Resource {
-    pb::Resource {
-        metadata: Some(pb::ObjectMeta {
-            name: name.into(),
-            tenant: "acme".into(),
-            ..Default::default()
-        }),
-        spec: Some(spec),
-    }
-}
 
 fn model(name: &str, usd_per_mtok: f64) -> pb::Resource {
     resource(

@@ -263,7 +263,7 @@ mod tests {
     use aios_proto::v1::{self as pb, resource::Spec};
 
     use super::*;
-    use crate::pipeline::testing::catalog;
+    use crate::pipeline::testing::{catalog, resource};
 
     fn caller(allowed: &[&str]) -> Caller {
         Caller {
@@ -273,17 +273,6 @@ mod tests {
             rate_limit: Default::default(),
             allowed_agents: allowed.iter().map(|a| a.to_string()).collect(),
             user: None,
-        }
-    }
-
-    fn resource(name: &str, spec: Spec) -> pb::Resource {
-        pb::Resource {
-            metadata: Some(pb::ObjectMeta {
-                name: name.into(),
-                tenant: "acme".into(),
-                ..Default::default()
-            }),
-            spec: Some(spec),
         }
     }
 

@@ -39,6 +39,14 @@ fn meta(tenant: &str, name: &str) -> Option<pb::ObjectMeta> {
     })
 }
 
+/// Resource `name` of tenant `acme` with `spec`.
+pub(crate) fn resource(name: &str, spec: Spec) -> pb::Resource {
+    pb::Resource {
+        metadata: meta("acme", name),
+        spec: Some(spec),
+    }
+}
+
 /// A Tenant.
 pub(crate) fn tenant_resource(name: &str, disabled: bool) -> pb::Resource {
     pb::Resource {

@@ -12,18 +12,10 @@ use aios_proto::v1::{
 use tokio_stream::wrappers::TcpListenerStream;
 
 use super::*;
-use crate::pipeline::{Catalog, testing::catalog};
-
-fn resource(name: &str, spec: Spec) -> pb::Resource {
-    pb::Resource {
-        metadata: Some(pb::ObjectMeta {
-            name: name.into(),
-            tenant: "acme".into(),
-            ..Default::default()
-        }),
-        spec: Some(spec),
-    }
-}
+use crate::pipeline::{
+    Catalog,
+    testing::{catalog, resource},
+};
 
 fn tool(name: &str, address: &str, side_effects: bool, schema: &str) -> pb::Resource {
     resource(

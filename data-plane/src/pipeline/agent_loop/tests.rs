@@ -18,7 +18,11 @@ use super::*;
 use crate::{
     approvals::claim::testing::{Claims, claim, serve},
     backend::{Backend, BackendError, ChatEvent, ChatStream, ErrorKind, FinishReason},
-    pipeline::{Caller, Catalog, ExecRequest, Params, backends::BackendFactory, testing::catalog},
+    pipeline::{
+        Caller, Catalog, ExecRequest, Params,
+        backends::BackendFactory,
+        testing::{catalog, resource},
+    },
     reliability::{Breakers, RetryPolicy},
 };
 
@@ -110,17 +114,6 @@ impl BackendFactory for Factory {
 }
 
 // === The world ===
-
-fn resource(name: &str, spec: Spec) -> pb::Resource {
-    pb::Resource {
-        metadata: Some(pb::ObjectMeta {
-            name: name.into(),
-            tenant: "acme".into(),
-            ..Default::default()
-        }),
-        spec: Some(spec),
-    }
-}
 
 fn builtin_tool(name: &str, remote_name: &str, side_effects: bool) -> pb::Resource {
     resource(
