@@ -119,7 +119,7 @@ impl DataPlane {
         let has_config = saved.found;
         let node_config = NodeConfigHandle::new(saved.config);
         let stop = CancellationToken::new();
-        let catalog = pipeline::CatalogHandle::follow(&node_config, stop.clone());
+        let catalog = pipeline::CatalogHandle::follow(&node_config);
         local.follow(&node_config, stop.clone());
         // Spans: the pipeline's outbox → the reporter → the control plane.
         let (reporter, outbox) = telemetry::Reporter::new(telemetry::ReporterSettings::new(config));

@@ -11,7 +11,11 @@
 //!   (0 if it held none).
 //! - The new snapshot is at the push's revision.
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use aios_model::{FieldViolation, Kind, Validated};
 use aios_proto::v1 as pb;
@@ -119,15 +123,32 @@ impl NodeConfig {
 /// Shared access to the node's current [`NodeConfig`]. Reads are a lock-free
 /// pointer load; a push replaces the snapshot whole, so a reader sees either
 /// the old or the new config, never a mix.
+///
+/// Views derived from the config (the pipeline's catalog) are rebuilt by
+/// [`publish`](Self::publish) before the new snapshot becomes current, so
+/// whoever sees revision N (a subscriber, the ACK to the control plane, a
+/// test waiting for it) knows every view enforces N too.
 #[derive(Clone, Debug)]
 pub struct NodeConfigHandle {
     inner: Arc<Shared>,
 }
 
-#[derive(Debug)]
+/// Rebuilds one derived view from a new snapshot.
+type View = Box<dyn Fn(&Arc<NodeConfig>) + Send + Sync>;
+
 struct Shared {
     current: ArcSwap<NodeConfig>,
     changes: watch::Sender<Arc<NodeConfig>>,
+    views: Mutex<Vec<View>>,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("current", &self.current)
+            .field("changes", &self.changes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NodeConfigHandle {
@@ -138,6 +159,7 @@ impl NodeConfigHandle {
             inner: Arc::new(Shared {
                 current: ArcSwap::new(initial.clone()),
                 changes: watch::Sender::new(initial),
+                views: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -153,10 +175,36 @@ impl NodeConfigHandle {
         self.inner.changes.subscribe()
     }
 
-    /// Makes `config` current and tells subscribers.
+    /// Keeps a view derived from the config: `rebuild` runs now on the
+    /// current snapshot, then on every published one before it becomes
+    /// current (on the publisher's thread: keep it quick).
+    pub fn derive(&self, rebuild: impl Fn(&Arc<NodeConfig>) + Send + Sync + 'static) {
+        let mut views = self.views();
+        rebuild(&self.current());
+        views.push(Box::new(rebuild));
+    }
+
+    /// Rebuilds the derived views from `config`, then makes it current and
+    /// tells subscribers.
     pub(crate) fn publish(&self, config: Arc<NodeConfig>) {
+        // Held through the swap: a view derived meanwhile starts from the
+        // snapshot this publish makes current, not the one it replaces.
+        let views = self.views();
+        for rebuild in views.iter() {
+            rebuild(&config);
+        }
         self.inner.current.store(config.clone());
+        drop(views);
         self.inner.changes.send_replace(config);
+    }
+
+    fn views(&self) -> std::sync::MutexGuard<'_, Vec<View>> {
+        // A view that panicked left nothing half-written here: the list
+        // itself is only ever pushed to.
+        self.inner
+            .views
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -258,6 +306,8 @@ fn ack(resource: pb::ResourceRef, version: i64, error: Option<String>) -> pb::Re
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use std::sync::atomic::{AtomicI64, Ordering};
 
     use super::*;
     use crate::fleet::testing::{bad_model, host_with, model, push, tool};
@@ -500,5 +550,24 @@ mod tests {
         assert_eq!(seen.get(&key(Kind::Tool, "search")).unwrap().version, 4);
         assert_eq!(handle.current().revision, 4);
         assert_eq!(before.revision, 0, "readers keep the snapshot they loaded");
+    }
+
+    #[tokio::test]
+    async fn derived_views_are_rebuilt_before_subscribers_see_the_snapshot() {
+        let handle = NodeConfigHandle::new(NodeConfig::default());
+        let view = Arc::new(AtomicI64::new(-1));
+        let target = view.clone();
+        handle.derive(move |config| target.store(config.revision, Ordering::SeqCst));
+        assert_eq!(
+            view.load(Ordering::SeqCst),
+            0,
+            "built from the current snapshot"
+        );
+
+        let mut changes = handle.subscribe();
+        let next = apply(&handle.current(), &push(4, vec![tool("search", 4)], vec![]));
+        handle.publish(Arc::new(next.config));
+        changes.wait_for(|c| c.revision >= 4).await.unwrap();
+        assert_eq!(view.load(Ordering::SeqCst), 4);
     }
 }

@@ -7,7 +7,6 @@ use std::{collections::HashMap, sync::Arc};
 
 use aios_model::{self as spec, Kind, Spec};
 use arc_swap::ArcSwap;
-use tokio_util::sync::CancellationToken;
 
 use crate::fleet::{Applied, NodeConfig, NodeConfigHandle};
 
@@ -145,26 +144,13 @@ pub struct CatalogHandle {
 }
 
 impl CatalogHandle {
-    /// Follows `config` until `shutdown`, rebuilding the indexes on every
-    /// new snapshot (the request path only ever loads a pointer).
-    pub fn follow(config: &NodeConfigHandle, shutdown: CancellationToken) -> Self {
-        let current = Arc::new(ArcSwap::from_pointee(Catalog::build(config.current())));
-        let mut changes = config.subscribe();
+    /// Follows `config`: the indexes are rebuilt as each new snapshot is
+    /// published, before it becomes current (the request path only ever
+    /// loads a pointer, and a node that has revision N enforces it).
+    pub fn follow(config: &NodeConfigHandle) -> Self {
+        let current = Arc::new(ArcSwap::from_pointee(Catalog::default()));
         let target = current.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    changed = changes.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                    }
-                }
-                let snapshot = changes.borrow_and_update().clone();
-                target.store(Arc::new(Catalog::build(snapshot)));
-            }
-        });
+        config.derive(move |snapshot| target.store(Arc::new(Catalog::build(snapshot.clone()))));
         Self { current }
     }
 
