@@ -135,7 +135,8 @@ pub(crate) async fn in_process(
                 purse: purse.clone(),
                 ..settings(stages)
             };
-            let pipeline = Pipeline::new(catalog.clone(), Arc::new(InstantModels), settings);
+            let pipeline =
+                Pipeline::new(catalog.clone(), Arc::new(InstantModels::INSTANT), settings);
             Ok((pipeline, key(world, *tenant)?))
         })
         .collect::<Result<_>>()?;

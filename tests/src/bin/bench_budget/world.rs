@@ -117,7 +117,7 @@ impl World {
         };
         world.node = Some(
             world
-                .start_node("bench-node", Arc::new(InstantModels))
+                .start_node("bench-node", Arc::new(InstantModels::INSTANT))
                 .await?,
         );
         Ok(world)

@@ -23,7 +23,10 @@
 //!    VM whose idle vCPUs halt, that wake-up grows with the time the node
 //!    spends) and once on the node's own thread (no wake-ups: on − off is
 //!    what the stages add). The handler's own time (the response's
-//!    `latency`) is reported beside both.
+//!    `latency`) is reported beside both. A third node, *calibration*, runs
+//!    with the stages off and a backend that computes for a fixed 10 µs
+//!    (arithmetic only): its added p99 ÷ p50 is what this machine's tail
+//!    makes of plain CPU time, the yardstick for the stages' own ratio.
 //! 2. Throughput on one core: each node serves from its own OS thread with a
 //!    current-thread runtime; the load (another runtime, over several HTTP/2
 //!    connections) steps concurrency up; the highest rate whose p99 < 20 ms,
@@ -84,6 +87,9 @@ use node::{Node, NodeSpec, connect};
 use setup::{InstantModels, NO_STAGES, SECRET, UNCALLED_ENDPOINT, grpc_request, node_config};
 
 const RUN_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// The calibration node's stand-in for the stages: this much plain CPU
+/// time per request (about what the stages cost in process at p50).
+const CALIBRATION_WORK: Duration = Duration::from_micros(10);
 
 // === Options ===
 
@@ -224,21 +230,29 @@ async fn grpc(
     control_plane: &str,
     counter: &Arc<AtomicU64>,
 ) -> Result<(Value, Value)> {
-    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let dirs = [
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    ];
     for dir in &dirs {
         aios_data_plane::fleet::persist::write(dir.path(), config)?;
     }
-    let start = |name, dir: &tempfile::TempDir, stages| {
+    let start = |name, dir: &tempfile::TempDir, stages, work| {
         Node::start(NodeSpec {
             name,
             state_dir: dir.path(),
             control_plane,
             stages,
-            backends: Arc::new(InstantModels),
+            backends: Arc::new(InstantModels { work }),
         })
     };
-    let off = start("off", &dirs[0], NO_STAGES)?;
-    let on = start("on", &dirs[1], Stages::ALL)?;
+    let off = start("off", &dirs[0], NO_STAGES, 0)?;
+    let on = start("on", &dirs[1], Stages::ALL, 0)?;
+    // Stages off, and a backend that computes for CALIBRATION_WORK: what
+    // this machine's tail makes of that much plain CPU time.
+    let steps = setup::steps_for(CALIBRATION_WORK);
+    let calibration = start("calibration", &dirs[2], NO_STAGES, steps)?;
 
     // What the "on" node does with the bench request, for the record.
     let mut probe = connect(on.addr).await?;
@@ -258,7 +272,9 @@ async fn grpc(
     drop(probe);
 
     eprintln!("latency: {} requests per node…", options.requests);
-    let latency = measure::latency(options, [&off, &on], counter).await?;
+    let mut latency = measure::latency(options, [&off, &on, &calibration], counter).await?;
+    latency["calibration_work_us"] = json!(CALIBRATION_WORK.as_secs_f64() * 1e6);
+    latency["calibration_steps"] = json!(steps);
     let mut throughput = Value::Null;
     if options.throughput {
         eprintln!("throughput: stepping concurrency…");
@@ -268,6 +284,7 @@ async fn grpc(
     }
     off.stop().await;
     on.stop().await;
+    calibration.stop().await;
     Ok((latency, throughput))
 }
 

@@ -81,26 +81,30 @@ async fn sequential(
 /// each request wakes the other one up), or on the node's own thread.
 const PLACES: [&str; 2] = ["other_thread", "node_thread"];
 
+/// The nodes part 1 compares: every stage off, every stage on, and the
+/// calibration node (stages off, a backend that computes for a fixed time).
+pub(crate) const LATENCY_NODES: [&str; 3] = ["off", "on", "calibration"];
+
 pub(crate) async fn latency(
     options: &Options,
-    nodes: [&Node; 2],
+    nodes: [&Node; 3],
     counter: &Arc<AtomicU64>,
 ) -> Result<Value> {
     // clients[place][node]; a client's connection is driven where it was made.
-    let mut clients: [[Option<Client>; 2]; 2] = Default::default();
+    let mut clients: [[Option<Client>; 3]; 2] = Default::default();
     for (which, node) in nodes.iter().enumerate() {
         clients[0][which] = Some(connect(node.addr).await?);
         clients[1][which] = Some(node.on_thread(connect(node.addr)).await??);
     }
     // samples[place][node]: (client side, server side).
-    let mut samples: [[Vec<(Duration, Duration)>; 2]; 2] = Default::default();
+    let mut samples: [[Vec<(Duration, Duration)>; 3]; 2] = Default::default();
     let mut done = 0;
     let mut block = 0;
     let total = options.warmup + options.requests;
     while done < total {
         let size = options.block.min(total - done);
-        // Alternate which node goes first, so neither always follows the other.
-        let order = if block % 2 == 0 { [0, 1] } else { [1, 0] };
+        // Rotate which node goes first, so none always follows another.
+        let order = [0, 1, 2].map(|i| (i + block) % nodes.len());
         for place in 0..PLACES.len() {
             for which in order {
                 let client = clients[place][which]
@@ -121,7 +125,7 @@ pub(crate) async fn latency(
         block += 1;
     }
     let mut result = serde_json::Map::new();
-    for (place, [off, on]) in PLACES.iter().zip(samples) {
+    for (place, by_node) in PLACES.iter().zip(samples) {
         let side = |samples: &[(Duration, Duration)], server: bool| -> Value {
             let mut d: Vec<Duration> = samples
                 .iter()
@@ -129,25 +133,30 @@ pub(crate) async fn latency(
                 .collect();
             summary(&mut d)
         };
-        let (off_c, on_c, off_s, on_s) = (
-            side(&off, false),
-            side(&on, false),
-            side(&off, true),
-            side(&on, true),
-        );
+        let mut entry = serde_json::Map::new();
+        let mut sides = Vec::new();
+        for (name, samples) in LATENCY_NODES.iter().zip(&by_node) {
+            let (client, server) = (side(samples, false), side(samples, true));
+            entry.insert(
+                (*name).to_string(),
+                json!({ "client": client, "server": server }),
+            );
+            sides.push((client, server));
+        }
         let added = |key: &str, a: &Value, b: &Value| field(b, key) - field(a, key);
-        result.insert(
-            (*place).to_string(),
-            json!({
-                "off": { "client": off_c, "server": off_s },
-                "on": { "client": on_c, "server": on_s },
-                "added_p50_us": added("p50_us", &off_c, &on_c),
-                "added_p99_us": added("p99_us", &off_c, &on_c),
-                "added_p999_us": added("p999_us", &off_c, &on_c),
-                "added_server_p50_us": added("p50_us", &off_s, &on_s),
-                "added_server_p99_us": added("p99_us", &off_s, &on_s),
-            }),
-        );
+        let ((off_c, off_s), (on_c, on_s), (cal_c, cal_s)) = (&sides[0], &sides[1], &sides[2]);
+        for (prefix, c, s) in [("", on_c, on_s), ("calibration_", cal_c, cal_s)] {
+            for (key, value) in [
+                ("added_p50_us", added("p50_us", off_c, c)),
+                ("added_p99_us", added("p99_us", off_c, c)),
+                ("added_p999_us", added("p999_us", off_c, c)),
+                ("added_server_p50_us", added("p50_us", off_s, s)),
+                ("added_server_p99_us", added("p99_us", off_s, s)),
+            ] {
+                entry.insert(format!("{prefix}{key}"), json!(value));
+            }
+        }
+        result.insert((*place).to_string(), Value::Object(entry));
     }
     Ok(Value::Object(result))
 }

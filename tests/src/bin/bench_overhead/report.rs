@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::{
     Options,
     gateway::{BIFROST_P99_US, LITELLM_RUST_P99_US},
-    measure::{P99_BOUND, TARGET_ADDED_P99_US, TARGET_RPS_PER_CORE, field},
+    measure::{LATENCY_NODES, P99_BOUND, TARGET_ADDED_P99_US, TARGET_RPS_PER_CORE, field},
 };
 
 /// `value`'s numeric fields `keys`, each with `decimals`.
@@ -51,23 +51,29 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Value) {
     );
     if let Some(places) = results["latency"].as_object() {
         let mut rows = Vec::new();
-        for (place, latency) in places {
-            for name in ["off", "on"] {
+        let mut tails = Vec::new();
+        for (place, latency) in places.iter().filter(|(_, v)| v.is_object()) {
+            for name in LATENCY_NODES {
                 let (c, s) = (&latency[name]["client"], &latency[name]["server"]);
                 let mut row = vec![place.clone(), name.into()];
                 row.extend(cells(c, &["p50_us", "p99_us", "p999_us", "mean_us"], 1));
                 row.extend(cells(s, &["p50_us", "p99_us"], 1));
                 rows.push(row);
             }
-            let mut row = vec![place.clone(), "added".into()];
-            row.extend(cells(latency, &["added_p50_us", "added_p99_us"], 1));
-            row.extend(["".into(), "".into()]);
-            row.extend(cells(
-                latency,
-                &["added_server_p50_us", "added_server_p99_us"],
-                1,
-            ));
-            rows.push(row);
+            for (label, prefix) in [("added", ""), ("calibration added", "calibration_")] {
+                let keys = |k: &[&str]| -> Vec<String> {
+                    k.iter().map(|k| format!("{prefix}{k}")).collect()
+                };
+                let mut row = vec![place.clone(), label.into()];
+                let client = keys(&["added_p50_us", "added_p99_us"]);
+                let server = keys(&["added_server_p50_us", "added_server_p99_us"]);
+                row.extend(cells(latency, &[&client[0], &client[1]], 1));
+                row.extend(["".into(), "".into()]);
+                row.extend(cells(latency, &[&server[0], &server[1]], 1));
+                rows.push(row);
+                let tail = field(latency, &server[1]) / field(latency, &server[0]);
+                tails.push(format!("{place} {label}: ×{tail:.1}"));
+            }
         }
         let title = format!(
             "1. latency at 1 in flight, {} requests per node and client placement, blocks of {} (µs; handler = the node's own time; target: added p99 ≤ {TARGET_ADDED_P99_US})",
@@ -84,6 +90,11 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Value) {
             "handler p99",
         ];
         print_table(&title, &header, &rows);
+        println!(
+            "calibration: stages off, the backend computes for {:.0} µs (arithmetic only: no memory, no allocation, no call); what the machine's tail makes of plain CPU time. Handler added p99 ÷ p50: {}",
+            field(&results["latency"], "calibration_work_us"),
+            tails.join(", ")
+        );
     }
     let throughput = &results["throughput"];
     if !throughput.is_null() && !throughput["off"].is_null() {

@@ -273,13 +273,17 @@ pub(crate) fn exec_request(n: u64) -> ExecRequest {
 
 // === The instant backend ===
 
-/// A model that answers at once with a fixed text and plausible usage.
+/// A model that answers at once with a fixed text and plausible usage,
+/// after `work` steps of pure arithmetic (none for the bench's nodes).
 #[derive(Debug)]
-struct InstantModel;
+struct InstantModel {
+    work: u64,
+}
 
 #[tonic::async_trait]
 impl Backend for InstantModel {
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, BackendError> {
+        compute(self.work);
         let bytes: usize = request.messages.iter().map(|m| m.content.len()).sum();
         Ok(ChatResponse {
             content: REPLY.to_string(),
@@ -294,13 +298,53 @@ impl Backend for InstantModel {
     }
 }
 
+/// Builds [`InstantModel`]s doing `work` steps per call.
 #[derive(Debug)]
-pub(crate) struct InstantModels;
+pub(crate) struct InstantModels {
+    pub(crate) work: u64,
+}
+
+impl InstantModels {
+    /// Answers at once.
+    pub(crate) const INSTANT: Self = Self { work: 0 };
+}
 
 impl BackendFactory for InstantModels {
     fn build(&self, _: &str, _: &str, _: &Model) -> Result<Arc<dyn Backend>, String> {
-        Ok(Arc::new(InstantModel))
+        Ok(Arc::new(InstantModel { work: self.work }))
     }
+}
+
+// === Pure compute, for the calibration node ===
+
+/// `steps` of a dependent multiply-add chain: CPU time that touches no
+/// memory, allocates nothing and makes no call, so its latency on this
+/// machine shows what the machine alone does to a fixed amount of work.
+pub(crate) fn compute(steps: u64) -> u64 {
+    let mut x = 1u64;
+    for _ in 0..steps {
+        x = std::hint::black_box(
+            x.wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407),
+        );
+    }
+    x
+}
+
+/// The steps of [`compute`] that take about `target` on this thread (the
+/// fastest of a few timings: the machine's speed, not its hiccups).
+pub(crate) fn steps_for(target: Duration) -> u64 {
+    const PROBE: u64 = 1_000_000;
+    let fastest = (0..5)
+        .map(|_| {
+            let started = Instant::now();
+            compute(PROBE);
+            started.elapsed()
+        })
+        .min()
+        .unwrap_or(Duration::from_millis(1))
+        .max(Duration::from_nanos(1));
+    (PROBE as f64 * target.as_secs_f64() / fastest.as_secs_f64()).round() as u64
 }
 
 pub(crate) const NO_STAGES: Stages = Stages {

@@ -73,7 +73,11 @@ pub(crate) async fn ladder(
     let pipelines: Vec<Pipeline> = rungs
         .iter()
         .map(|(_, settings)| {
-            Pipeline::new(catalog.clone(), Arc::new(InstantModels), settings.clone())
+            Pipeline::new(
+                catalog.clone(),
+                Arc::new(InstantModels::INSTANT),
+                settings.clone(),
+            )
         })
         .collect();
     let key = AsciiMetadataValue::from_static(SECRET);
