@@ -38,6 +38,10 @@ use aios_model::{Model, RouteTier, RoutingTable};
 use super::complexity::{Analysis, complexity_name};
 use super::savings::cost;
 
+/// Bytes reserved for a route's explanation: most lines fit (e.g.
+/// `simple (score 0): 98 tokens → tier simple, sticky 90/10 split → a; fallbacks: b`).
+const EXPLANATION_CAPACITY: usize = 192;
+
 /// Output tokens assumed for a cost estimate when neither the request nor
 /// the model bounds them.
 pub const ASSUMED_OUTPUT_TOKENS: u32 = 4096;
@@ -236,15 +240,22 @@ pub fn route<'m>(
             reassigned_from,
         },
     };
-    let explanation = Explanation {
-        analysis: request.analysis,
-        tier,
-        tier_choice,
-        how,
-        candidates: &candidates,
-        excluded: &excluded,
-    }
-    .to_string();
+    // Sized for a typical line up front: `to_string` grew it four times.
+    let mut explanation = String::with_capacity(EXPLANATION_CAPACITY);
+    let _ = fmt::Write::write_fmt(
+        &mut explanation,
+        format_args!(
+            "{}",
+            Explanation {
+                analysis: request.analysis,
+                tier,
+                tier_choice,
+                how,
+                candidates: &candidates,
+                excluded: &excluded,
+            }
+        ),
+    );
     Ok(Route {
         tier: tier.name.clone(),
         complexity,
