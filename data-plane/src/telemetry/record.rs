@@ -308,14 +308,19 @@ fn put_uint64(tag: u32, value: u64, out: &mut Vec<u8>) {
     }
 }
 
+// A double is its bits on the wire; the test is on the value, as prost's
+// (-0.0 is the default too).
 fn double_len(tag: u32, value: f64) -> usize {
-    if value == 0.0 { 0 } else { key_len(tag) + 8 }
+    if value == 0.0 {
+        0
+    } else {
+        fixed64_len(tag, value.to_bits())
+    }
 }
 
 fn put_double(tag: u32, value: f64, out: &mut Vec<u8>) {
     if value != 0.0 {
-        encode_key(tag, WireType::SixtyFourBit, out);
-        out.extend_from_slice(&value.to_le_bytes());
+        put_fixed64(tag, value.to_bits(), out);
     }
 }
 
