@@ -30,7 +30,10 @@
 //! the model's own limit), else the model's limit, else
 //! [`ASSUMED_OUTPUT_TOKENS`]: an upper bound, as a cost ceiling needs.
 
-use std::{fmt, time::Duration};
+use std::{
+    fmt::{self, Write as _},
+    time::Duration,
+};
 
 use aios_model::{Complexity, ModelCapability, RouteConstraints, Usd};
 use aios_model::{Model, RouteTier, RoutingTable};
@@ -242,20 +245,16 @@ pub fn route<'m>(
     };
     // Sized for a typical line up front: `to_string` grew it four times.
     let mut explanation = String::with_capacity(EXPLANATION_CAPACITY);
-    let _ = fmt::Write::write_fmt(
-        &mut explanation,
-        format_args!(
-            "{}",
-            Explanation {
-                analysis: request.analysis,
-                tier,
-                tier_choice,
-                how,
-                candidates: &candidates,
-                excluded: &excluded,
-            }
-        ),
-    );
+    let line = Explanation {
+        analysis: request.analysis,
+        tier,
+        tier_choice,
+        how,
+        candidates: &candidates,
+        excluded: &excluded,
+    };
+    // Writing to a String cannot fail.
+    let _ = write!(explanation, "{line}");
     Ok(Route {
         tier: tier.name.clone(),
         complexity,

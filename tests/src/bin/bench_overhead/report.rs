@@ -61,17 +61,18 @@ pub(crate) fn report(options: &Options, machine: &Machine, results: &Value) {
                 rows.push(row);
             }
             for (label, prefix) in [("added", ""), ("calibration added", "calibration_")] {
-                let keys = |k: &[&str]| -> Vec<String> {
-                    k.iter().map(|k| format!("{prefix}{k}")).collect()
-                };
+                let key = |k: &str| format!("{prefix}{k}");
+                let (p50, p99) = (key("added_server_p50_us"), key("added_server_p99_us"));
                 let mut row = vec![place.clone(), label.into()];
-                let client = keys(&["added_p50_us", "added_p99_us"]);
-                let server = keys(&["added_server_p50_us", "added_server_p99_us"]);
-                row.extend(cells(latency, &[&client[0], &client[1]], 1));
+                row.extend(cells(
+                    latency,
+                    &[&key("added_p50_us"), &key("added_p99_us")],
+                    1,
+                ));
                 row.extend(["".into(), "".into()]);
-                row.extend(cells(latency, &[&server[0], &server[1]], 1));
+                row.extend(cells(latency, &[&p50, &p99], 1));
                 rows.push(row);
-                let tail = field(latency, &server[1]) / field(latency, &server[0]);
+                let tail = field(latency, &p99) / field(latency, &p50);
                 tails.push(format!("{place} {label}: ×{tail:.1}"));
             }
         }
