@@ -307,8 +307,6 @@ fn ack(resource: pb::ResourceRef, version: i64, error: Option<String>) -> pb::Re
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-    use std::sync::atomic::{AtomicI64, Ordering};
-
     use super::*;
     use crate::fleet::testing::{bad_model, host_with, model, push, tool};
 
@@ -552,22 +550,25 @@ mod tests {
         assert_eq!(before.revision, 0, "readers keep the snapshot they loaded");
     }
 
-    #[tokio::test]
-    async fn derived_views_are_rebuilt_before_subscribers_see_the_snapshot() {
+    #[test]
+    fn derived_views_are_rebuilt_before_subscribers_see_the_snapshot() {
         let handle = NodeConfigHandle::new(NodeConfig::default());
-        let view = Arc::new(AtomicI64::new(-1));
-        let target = view.clone();
-        handle.derive(move |config| target.store(config.revision, Ordering::SeqCst));
-        assert_eq!(
-            view.load(Ordering::SeqCst),
-            0,
-            "built from the current snapshot"
-        );
-
-        let mut changes = handle.subscribe();
+        // Each rebuild notes the revision it got and the one subscribers
+        // were shown at that moment.
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (log, shown) = (seen.clone(), handle.subscribe());
+        handle.derive(move |config| {
+            log.lock()
+                .unwrap()
+                .push((config.revision, shown.borrow().revision));
+        });
         let next = apply(&handle.current(), &push(4, vec![tool("search", 4)], vec![]));
         handle.publish(Arc::new(next.config));
-        changes.wait_for(|c| c.revision >= 4).await.unwrap();
-        assert_eq!(view.load(Ordering::SeqCst), 4);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [(0, 0), (4, 0)],
+            "built from the current snapshot, then rebuilt before revision 4 was shown"
+        );
+        assert_eq!(handle.subscribe().borrow().revision, 4);
     }
 }
