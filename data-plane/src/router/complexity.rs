@@ -8,9 +8,10 @@
 //!
 //! The task is the last user message: keywords, code, math and multi-step
 //! structure are read from it alone, in one pass over its bytes with no
-//! allocation: each word is lowercased into a small ring of the last three
-//! and looked up once in the keyword index (`keywords.rs`); two- and
-//! three-word phrases are looked up only after a word that starts one.
+//! allocation: each word is looked up once in the keyword index
+//! (`keywords.rs`, which turns most words away before lowercasing them);
+//! two- and three-word phrases are looked up only after a word that starts
+//! one, so the scan keeps the last two words as written.
 //! The rest of the conversation contributes its length, its depth and
 //! whether code was seen earlier. System messages count only towards the
 //! input-token estimate (the agent's prompt says nothing about this task).
@@ -25,7 +26,7 @@ use aios_model::Complexity;
 
 use crate::backend::Role;
 
-use super::keywords::{self, Class, Entry, Keyword, MAX_KEY};
+use super::keywords::{self, Class, Entry, Keyword};
 
 /// Highest score classified [`Complexity::Simple`].
 pub const SIMPLE_MAX_SCORE: i32 = 1;
@@ -362,9 +363,6 @@ struct Scan {
 /// Distinct keywords kept; more add nothing a reader needs.
 const MAX_HITS: usize = 12;
 
-/// Longest word matched against the keyword tables.
-const MAX_WORD: usize = MAX_KEY;
-
 impl Scan {
     fn hits(&self) -> impl Iterator<Item = &Keyword> + Clone {
         self.hits.iter().map_while(Option::as_ref)
@@ -388,11 +386,9 @@ impl Scan {
     }
 
     /// Reads one word (as written) and the phrases it ends.
-    fn word(&mut self, words: &mut Words, raw: &[u8]) {
-        let entry = words.push(raw);
-        let (w, _) = words.get(0);
-        let (p1, e1) = words.get(1);
-        let (p2, e2) = words.get(2);
+    fn word<'t>(&mut self, recent: &mut Recent<'t>, w: &'t [u8]) {
+        let entry = keywords::word(w);
+        let [(p1, e1), (p2, e2)] = recent.0;
         if e1.is_some_and(|e| e.starts_phrase2)
             && let Some(e) = keywords::phrase(&[p1, w])
         {
@@ -406,6 +402,7 @@ impl Scan {
         if let Some(e) = entry {
             self.apply(e);
         }
+        recent.0 = [(w, entry), (p1, e1)];
     }
 
     fn apply(&mut self, e: &Entry) {
@@ -419,58 +416,31 @@ impl Scan {
     }
 }
 
-/// The last three words seen, lowercased, and what they mean, for phrase
-/// matching.
+/// The two words before the current one, as written, and what they mean:
+/// a phrase is looked up only when one of them starts one.
 #[derive(Debug, Default)]
-struct Words {
-    buf: [[u8; MAX_WORD]; 3],
-    len: [usize; 3],
-    entry: [Option<&'static Entry>; 3],
-    /// Index of the current word.
-    at: usize,
-}
+struct Recent<'t>([(&'t [u8], Option<&'static Entry>); 2]);
 
-impl Words {
-    /// Lowercases `word` into the ring (empty if too long to be in a
-    /// table) and looks it up.
-    fn push(&mut self, word: &[u8]) -> Option<&'static Entry> {
-        self.at = (self.at + 1) % 3;
-        let len = if word.len() <= MAX_WORD {
-            word.len()
-        } else {
-            0
-        };
-        let slot = &mut self.buf[self.at];
-        for (dst, src) in slot.iter_mut().zip(&word[..len]) {
-            *dst = src.to_ascii_lowercase();
-        }
-        self.len[self.at] = len;
-        let entry = if len == 0 {
-            None
-        } else {
-            keywords::word(&slot[..len])
-        };
-        self.entry[self.at] = entry;
-        entry
+/// ASCII letters and digits: the bytes of words.
+static WORD_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
     }
-
-    /// The word `back` places before the current one (0 = current) and
-    /// its entry.
-    fn get(&self, back: usize) -> (&[u8], Option<&'static Entry>) {
-        let i = (self.at + 3 - back) % 3;
-        (&self.buf[i][..self.len[i]], self.entry[i])
-    }
-}
+    table
+};
 
 fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
+    WORD_BYTE[usize::from(b)]
 }
 
 /// One pass over the task's bytes.
 fn scan(text: &str) -> Scan {
     let b = text.as_bytes();
     let mut s = Scan::default();
-    let mut words = Words::default();
+    let mut recent = Recent::default();
     let mut line_start = true;
     let mut last_byte = b'\n';
     let mut i = 0;
@@ -489,7 +459,7 @@ fn scan(text: &str) -> Scan {
             {
                 s.numbered += 1;
             }
-            s.word(&mut words, word);
+            s.word(&mut recent, word);
             line_start = false;
             last_byte = word[word.len() - 1];
             continue;

@@ -302,6 +302,20 @@ fn phrases_span_punctuation_and_hyphens() {
 }
 
 #[test]
+fn words_and_phrases_match_in_any_case() {
+    assert!(signals(&user("REFACTOR it")).contains(&Signal::Keyword("refactor")));
+    assert!(signals(&user("Find The Root Cause")).contains(&Signal::Keyword("root cause")));
+    assert!(signals(&user("STEP BY Step")).contains(&Signal::Keyword("step by step")));
+    let code = user("WRITE a PYTHON script");
+    assert!(signals(&code).contains(&Signal::WritesCode));
+    // A word longer than any key is no key, and breaks no phrase apart.
+    let long = "x".repeat(100);
+    assert!(
+        !signals(&user(&format!("root {long} cause"))).contains(&Signal::Keyword("root cause"))
+    );
+}
+
+#[test]
 fn simple_words_do_not_count_when_something_complex_is_asked() {
     let a = user("What is the best way to refactor this module?");
     assert!(!signals(&a).contains(&Signal::Keyword("what is")));

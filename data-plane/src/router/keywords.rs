@@ -158,13 +158,14 @@ pub(super) struct Entry {
 /// Longest word or phrase in the tables, in bytes.
 pub(super) const MAX_KEY: usize = 24;
 
-/// What `word` (lowercased) means, if anything.
+/// What `word` (ASCII letters and digits, any case) means, if anything.
 #[inline]
 pub(super) fn word(word: &[u8]) -> Option<&'static Entry> {
     INDEX.get(word)
 }
 
-/// What the phrase `words` (lowercased) means, if anything.
+/// What the phrase `words` (ASCII letters and digits, any case) means, if
+/// anything.
 pub(super) fn phrase(words: &[&[u8]]) -> Option<&'static Entry> {
     let mut key = [0u8; MAX_KEY];
     let mut len = 0;
@@ -191,8 +192,9 @@ type Flag = (&'static [&'static str], fn(&mut Entry));
 type Map = HashMap<&'static [u8], Entry, BuildHasherDefault<Fnv>>;
 
 /// The tables' words and phrases, behind a filter: most words of a prompt
-/// are in no table, and one bit (of length, first and last byte) tells so
-/// without hashing the word (about 1 in 15 false positives).
+/// are in no table, and one bit (of length, first and last byte, in lower
+/// case) tells so without lowercasing or hashing the word (about 1 in 15
+/// false positives).
 struct Index {
     map: Map,
     filter: [u64; FILTER_WORDS],
@@ -201,13 +203,26 @@ struct Index {
 const FILTER_WORDS: usize = 64;
 
 impl Index {
+    /// The entry of `key`, in any case: most words are turned away by the
+    /// filter before they are lowercased.
     #[inline]
     fn get(&self, key: &[u8]) -> Option<&Entry> {
-        let bit = filter_bit(key);
-        if self.filter[bit / 64] & (1 << (bit % 64)) == 0 {
+        if key.len() > MAX_KEY || !self.may_hold(key) {
             return None;
         }
-        self.map.get(key)
+        let mut lower = [0u8; MAX_KEY];
+        let lower = &mut lower[..key.len()];
+        lower.copy_from_slice(key);
+        lower.make_ascii_lowercase();
+        self.map.get(&*lower)
+    }
+
+    /// `false` when no key has `key`'s filter bit (of its length and its
+    /// first and last bytes, lowercased).
+    #[inline]
+    fn may_hold(&self, key: &[u8]) -> bool {
+        let bit = filter_bit(key);
+        self.filter[bit / 64] & (1 << (bit % 64)) != 0
     }
 }
 
@@ -215,8 +230,8 @@ impl Index {
 fn filter_bit(key: &[u8]) -> usize {
     let (first, last) = (key.first().copied(), key.last().copied());
     let k = (key.len() as u32) << 16
-        | u32::from(first.unwrap_or(0)) << 8
-        | u32::from(last.unwrap_or(0));
+        | u32::from(first.unwrap_or(0).to_ascii_lowercase()) << 8
+        | u32::from(last.unwrap_or(0).to_ascii_lowercase());
     // Fibonacci hashing: the top 12 bits of k × 2^32/φ.
     (k.wrapping_mul(0x9e37_79b9) >> 20) as usize
 }
