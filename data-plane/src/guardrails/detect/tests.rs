@@ -410,3 +410,20 @@ fn adversarial_runs_take_linear_time() {
         let _ = detect(&text, KindSet::ALL);
     }
 }
+
+#[test]
+fn the_first_digit_is_found_in_any_block_and_at_either_end() {
+    assert_eq!(numeric::first_digit(b""), None);
+    assert_eq!(
+        numeric::first_digit(b"no digits at all, over several blocks of text"),
+        None
+    );
+    for at in 0..40 {
+        let mut text = vec![b'x'; 40];
+        text[at] = b'7';
+        if at + 1 < 40 {
+            text[at + 1] = b'1';
+        }
+        assert_eq!(numeric::first_digit(&text), Some(at), "digit at {at}");
+    }
+}
