@@ -10,13 +10,14 @@
 //!   positive; the tokens it used are charged after the call (they are only
 //!   known then), so a bucket can go into debt and the next requests wait.
 //!
-//! Buckets live in a sharded map keyed by a hash of (tenant, subject). A
-//! bucket idle for a minute is full again, so idle buckets are dropped
-//! without changing any outcome.
+//! Buckets live in a sharded map keyed by a hash of (tenant, subject):
+//! foldhash seeded per process, so a caller cannot choose a user name whose
+//! bucket is another's. A bucket idle for a minute is full again, so idle
+//! buckets are dropped without changing any outcome.
 
 use std::{
     collections::HashMap,
-    hash::{DefaultHasher, Hash, Hasher},
+    hash::BuildHasher,
     num::{NonZeroU32, NonZeroU64},
     sync::Mutex,
     time::Duration,
@@ -40,7 +41,10 @@ const IDLE: Duration = Duration::from_secs(60);
 /// Per-node token buckets; shared by every request.
 #[derive(Debug)]
 pub struct RateLimiter {
-    shards: Vec<Mutex<HashMap<u64, Buckets>>>,
+    /// Keyed by [`Subject::id`]; the keys are already hashes.
+    shards: Vec<Mutex<HashMap<u64, Buckets, foldhash::fast::FixedState>>>,
+    /// Hashes subjects into ids.
+    ids: foldhash::quality::RandomState,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -59,10 +63,8 @@ struct Subject<'a> {
 }
 
 impl Subject<'_> {
-    fn id(&self) -> u64 {
-        let mut hasher = DefaultHasher::new();
-        (self.kind, self.tenant, self.name).hash(&mut hasher);
-        hasher.finish()
+    fn id(&self, ids: &foldhash::quality::RandomState) -> u64 {
+        ids.hash_one((self.kind, self.tenant, self.name))
     }
 
     fn describe(&self) -> String {
@@ -74,6 +76,7 @@ impl Default for RateLimiter {
     fn default() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            ids: foldhash::quality::RandomState::default(),
         }
     }
 }
@@ -150,7 +153,7 @@ impl RateLimiter {
         tpm: Option<NonZeroU64>,
         f: impl FnOnce(&mut Buckets) -> Result<(), ExecError>,
     ) -> Result<(), ExecError> {
-        let id = subject.id();
+        let id = subject.id(&self.ids);
         let shard = &self.shards[(id as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= SWEEP_AT {
