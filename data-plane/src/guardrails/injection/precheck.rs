@@ -21,7 +21,7 @@
 
 use aho_corasick::{
     Anchored, MatchKind, StartKind,
-    automaton::Automaton,
+    automaton::{Automaton, StateID},
     dfa::{self, DFA},
 };
 use regex_syntax::hir::{
@@ -96,27 +96,38 @@ impl Precheck {
     /// Whether `hay` holds an anchor: [`STREAMS`] walks, each over its slice
     /// and the `longest - 1` bytes after it (so an anchor that starts in a
     /// slice ends inside the walk over it).
-    fn holds_anchor(&self, hay: &[u8]) -> bool {
+    pub(super) fn holds_anchor(&self, hay: &[u8]) -> bool {
         let dfa = &self.anchors;
         let Ok(start) = dfa.start_state(Anchored::No) else {
             return true;
         };
         let slice = hay.len().div_ceil(STREAMS);
         let walk = slice + self.longest.saturating_sub(1);
+        let walks: [&[u8]; STREAMS] = std::array::from_fn(|k| {
+            let from = (k * slice).min(hay.len());
+            &hay[from..(from + walk).min(hay.len())]
+        });
+        let step = |state: &mut StateID, byte: u8| {
+            *state = dfa.next_state(Anchored::No, *state, byte);
+            dfa.is_match(*state)
+        };
+        // Every walk has bytes up to the last one's length (the shortest):
+        // there the four steps run side by side, without bounds checks.
+        let [a, b, c, d] = walks;
         let mut states = [start; STREAMS];
-        for i in 0..walk {
-            let mut hit = false;
-            for (k, state) in states.iter_mut().enumerate() {
-                if let Some(&byte) = hay.get(k * slice + i) {
-                    *state = dfa.next_state(Anchored::No, *state, byte);
-                    hit |= dfa.is_match(*state);
-                }
-            }
-            if hit {
+        for (((&w, &x), &y), &z) in a.iter().zip(b).zip(c).zip(d) {
+            let [s0, s1, s2, s3] = &mut states;
+            if step(s0, w) | step(s1, x) | step(s2, y) | step(s3, z) {
                 return true;
             }
         }
-        false
+        // The rest of the longer walks.
+        let common = d.len();
+        walks.iter().zip(&mut states).any(|(walk, state)| {
+            walk[common.min(walk.len())..]
+                .iter()
+                .any(|&byte| step(state, byte))
+        })
     }
 }
 

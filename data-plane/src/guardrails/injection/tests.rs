@@ -502,3 +502,24 @@ fn ordinary_prose_skips_the_rules() {
         assert!(!precheck.could_fire(text, &normalize(text)), "{text}");
     }
 }
+
+/// The walks split the text in slices: an anchor is found wherever it
+/// lies, across a slice boundary, at either end, and in texts shorter than
+/// one anchor per walk.
+#[test]
+fn the_precheck_finds_an_anchor_at_every_offset() {
+    let precheck = COMPILED.precheck.as_ref().unwrap();
+    let anchor = " ignore everything";
+    for len in [0, 1, 3, 7, 40, 101] {
+        for at in 0..=len {
+            let filler = "x ".repeat(len);
+            let text = format!("{}{anchor} {}", &filler[..at], &filler[at..]);
+            assert!(
+                precheck.holds_anchor(text.as_bytes()),
+                "anchor at {at} of {len}: {text:?}"
+            );
+        }
+        let plain = "x ".repeat(len);
+        assert!(!precheck.holds_anchor(plain.as_bytes()), "{plain:?}");
+    }
+}
