@@ -270,15 +270,13 @@ impl Analysis {
 
 impl fmt::Display for Analysis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} (score {})",
-            complexity_name(self.complexity),
-            self.score
-        )?;
+        f.write_str(complexity_name(self.complexity))?;
+        f.write_str(" (score ")?;
+        self.score.fmt(f)?;
+        f.write_str(")")?;
         for (i, feature) in self.features.iter().enumerate() {
             f.write_str(if i == 0 { ": " } else { ", " })?;
-            write!(f, "{}", feature.signal)?;
+            feature.signal.fmt(f)?;
         }
         Ok(())
     }
@@ -296,7 +294,11 @@ pub fn complexity_name(c: Complexity) -> &'static str {
 impl fmt::Display for Signal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Signal::Keyword(word) => write!(f, "\"{word}\""),
+            Signal::Keyword(word) => {
+                f.write_str("\"")?;
+                f.write_str(word)?;
+                f.write_str("\"")
+            }
             Signal::WritesCode => f.write_str("writes code"),
             Signal::CodeBlock => f.write_str("code block"),
             Signal::CodeLines(n) => write!(f, "{n} code lines"),

@@ -469,7 +469,11 @@ struct Explanation<'a> {
 
 impl fmt::Display for Explanation<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} → tier {}", self.analysis, self.tier.name)?;
+        // Pieces are written as they are, not through `write!`: a route
+        // is explained on every request.
+        self.analysis.fmt(f)?;
+        f.write_str(" → tier ")?;
+        f.write_str(&self.tier.name)?;
         let c = complexity_name(self.analysis.complexity);
         match self.tier_choice {
             TierChoice::Declared => {}
@@ -506,9 +510,11 @@ impl fmt::Display for Explanation<'_> {
             .candidates
             .split_first()
             .map_or(("", &[][..]), |(a, b)| (a.as_str(), b));
-        write!(f, " → {first}")?;
-        if !rest.is_empty() {
-            write!(f, "; fallbacks: {}", rest.join(", "))?;
+        f.write_str(" → ")?;
+        f.write_str(first)?;
+        for (i, fallback) in rest.iter().enumerate() {
+            f.write_str(if i == 0 { "; fallbacks: " } else { ", " })?;
+            f.write_str(fallback)?;
         }
         if !self.excluded.is_empty() {
             write!(f, "; excluded: {}", List(self.excluded))?;
