@@ -232,9 +232,18 @@ fn request_body(
             include_usage: true,
         }),
     };
-    serde_json::to_vec(&body)
-        .map_err(|e| BackendError::new(ErrorKind::InvalidRequest, format!("{PROVIDER}: {e}")))
+    // Sized for the messages and the fields around them: `to_vec` starts at
+    // 128 bytes and grows a prompt's body three or four times.
+    let text: usize = request.messages.iter().map(|m| m.content.len()).sum();
+    let mut out = Vec::with_capacity(text + BODY_OVERHEAD);
+    serde_json::to_writer(&mut out, &body)
+        .map_err(|e| BackendError::new(ErrorKind::InvalidRequest, format!("{PROVIDER}: {e}")))?;
+    Ok(out)
 }
+
+/// Bytes of a request body besides its messages' text (keys, model,
+/// parameters), for sizing it up front.
+const BODY_OVERHEAD: usize = 256;
 
 #[derive(Serialize)]
 struct OutRequest<'a> {

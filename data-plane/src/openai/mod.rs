@@ -483,13 +483,25 @@ fn completion(id: &str, outcome: Outcome) -> Response {
             route,
         },
     };
-    json_response(StatusCode::OK, &body)
+    let explained = outcome.route.as_ref().map_or(0, |r| r.explanation.len());
+    let size = outcome.output.len() + explained + BODY_OVERHEAD;
+    json_response_sized(StatusCode::OK, &body, size)
 }
+
+/// Bytes of a completion besides its text and route explanation, for sizing
+/// the body up front (`to_vec` starts at 128 bytes and grows it).
+const BODY_OVERHEAD: usize = 512;
 
 /// `body` as an `application/json` response.
 fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
-    match serde_json::to_vec(body) {
-        Ok(bytes) => (
+    json_response_sized(status, body, 128)
+}
+
+/// [`json_response`] into a buffer of `size` bytes to start with.
+fn json_response_sized(status: StatusCode, body: &impl Serialize, size: usize) -> Response {
+    let mut bytes = Vec::with_capacity(size);
+    match serde_json::to_writer(&mut bytes, body) {
+        Ok(()) => (
             status,
             [(
                 http::header::CONTENT_TYPE,
