@@ -303,7 +303,11 @@ async fn chat_completions(
     };
     let mut metadata = metadata(&headers);
     let trace = TraceContext::join_metadata(&mut metadata);
-    let id = format!("chatcmpl-{:016x}", rand::random::<u64>());
+    let id = [
+        "chatcmpl-",
+        &crate::telemetry::trace::hex(u128::from(rand::random::<u64>()), 16),
+    ]
+    .concat();
     let response = if stream {
         Sse::new(streamed(pipeline, trace, metadata, request, id)).into_response()
     } else {

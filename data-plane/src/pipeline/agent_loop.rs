@@ -176,7 +176,7 @@ async fn run(shared: &Shared, call: &Call) -> Result<Outcome, ExecError> {
     } else {
         call.received + agent.default_deadline
     };
-    let execution_id = format!("{:032x}", rand::random::<u128>());
+    let execution_id = crate::telemetry::trace::hex(rand::random::<u128>(), 32);
     let tools = tools::Caller {
         catalog: &call.catalog,
         tenant,

@@ -43,9 +43,7 @@ impl TraceContext {
 
     /// The trace id as 32 lowercase hex digits (responses carry it).
     pub fn trace_id_hex(&self) -> String {
-        let mut hex = [0; 32];
-        put_hex(&mut hex, self.trace_id);
-        ascii_string(&hex)
+        hex(self.trace_id, 32)
     }
 
     /// `traceparent` naming this node's request span.
@@ -74,6 +72,16 @@ impl TraceContext {
         put_hex(&mut out[36..52], u128::from(span_id));
         out
     }
+}
+
+/// The low `digits` hex digits of `value` (at most 32), zero-padded and
+/// lowercase, e.g. an id made on every request: `format!("{:032x}")` costs
+/// several times more.
+pub(crate) fn hex(value: u128, digits: usize) -> String {
+    let mut buf = [0; 32];
+    let digits = &mut buf[..digits.min(32)];
+    put_hex(digits, value);
+    ascii_string(digits)
 }
 
 /// Length of a version-00 `traceparent`.
@@ -175,6 +183,8 @@ mod tests {
             parent: None,
         };
         assert_eq!(trace.trace_id_hex(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(hex(0xb7, 16), "00000000000000b7");
+        assert_eq!(hex(u128::MAX, 40), "f".repeat(32));
         assert_eq!(
             trace.traceparent(),
             "00-0af7651916cd43dd8448eb211c80319c-00000000000000b7-01"
