@@ -496,7 +496,8 @@ fn completion(id: &str, outcome: Outcome) -> Response {
 /// the body up front (`to_vec` starts at 128 bytes and grows it).
 const BODY_OVERHEAD: usize = 512;
 
-/// `body` as an `application/json` response.
+/// `body` as an `application/json` response, its buffer starting at
+/// 128 bytes as `serde_json::to_vec`'s does.
 fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
     json_response_sized(status, body, 128)
 }

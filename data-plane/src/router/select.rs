@@ -469,8 +469,8 @@ struct Explanation<'a> {
 
 impl fmt::Display for Explanation<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Pieces are written as they are, not through `write!`: a route
-        // is explained on every request.
+        // Strings go out through `write_str`, not `write!` (a route is
+        // explained on every request); numbers and lists still use `write!`.
         self.analysis.fmt(f)?;
         f.write_str(" → tier ")?;
         f.write_str(&self.tier.name)?;
