@@ -388,8 +388,15 @@ impl Scan {
     }
 
     /// Reads one word (as written) and the phrases it ends.
+    #[inline(always)]
     fn word<'t>(&mut self, recent: &mut Recent<'t>, w: &'t [u8]) {
         let entry = keywords::word(w);
+        if entry.is_none() && recent.0[0].1.is_none() && recent.0[1].1.is_none() {
+            // Most words: neither this one nor the two before mean anything,
+            // so no phrase ends here or goes on from here, and the two words
+            // before the next one mean nothing either, as now.
+            return;
+        }
         let [(p1, e1), (p2, e2)] = recent.0;
         if e1.is_some_and(|e| e.starts_phrase2)
             && let Some(e) = keywords::phrase(&[p1, w])
@@ -423,83 +430,179 @@ impl Scan {
 #[derive(Debug, Default)]
 struct Recent<'t>([(&'t [u8], Option<&'static Entry>); 2]);
 
-/// ASCII letters and digits: the bytes of words.
-static WORD_BYTE: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        table[b] = (b as u8).is_ascii_alphanumeric();
-        b += 1;
-    }
-    table
-};
+/// The scan reads the text in blocks of this many bytes, each turned into
+/// two bit masks (word bytes, and bytes that may be markers): a prompt's
+/// bytes are classified eight at a time, and only the words and the few
+/// other bytes that are not spaces are looked at one by one.
+const BLOCK: usize = 64;
 
-fn is_word_byte(b: u8) -> bool {
-    WORD_BYTE[usize::from(b)]
+/// Bytes a structure signal starts at: a line end (code lines), `?`, a
+/// backtick (fences), `-` and `*` (bullets), `\` (LaTeX), `$` (`$$`), and
+/// 0xE2, the lead byte of U+2200..U+22FF (Mathematical Operators).
+#[inline]
+fn is_marker(c: u8) -> bool {
+    matches!(c, b'\n' | b'?' | b'`' | b'-' | b'*' | b'\\' | b'$' | 0xE2)
 }
 
-/// One pass over the task's bytes.
+/// `b` in every byte of a `u64`.
+const fn splat(b: u8) -> u64 {
+    u64::from_ne_bytes([b; 8])
+}
+
+/// Bit `i` of the first mask: byte `i` of the block is a word byte (an
+/// ASCII letter or digit); of the second: it is neither a word byte nor a
+/// space, so it may be a marker.
+#[inline]
+fn masks(block: &[u8; BLOCK]) -> (u64, u64) {
+    let (mut words, mut others) = (0, 0);
+    let (eights, _) = block.as_chunks::<8>();
+    for (k, eight) in eights.iter().enumerate() {
+        let (w, o) = masks8(u64::from_le_bytes(*eight));
+        words |= w << (8 * k);
+        others |= o << (8 * k);
+    }
+    (words, others)
+}
+
+/// [`masks`] of eight bytes, computed in one `u64` (SWAR): each test sets
+/// the top bit of the bytes it holds for, and no addition carries into the
+/// next byte (every byte is at most 0x7F before one).
+#[inline]
+fn masks8(x: u64) -> (u64, u64) {
+    const LOW7: u64 = splat(0x7F);
+    const HIGH: u64 = splat(0x80);
+    let ascii = x & LOW7;
+    // `ascii + (0x80 - lo)` has its top bit set where the byte is >= lo.
+    let at_least = |v: u64, lo: u8| v.wrapping_add(splat(0x80 - lo));
+    let lower = ascii | splat(0x20);
+    let letters = at_least(lower, b'a') & !at_least(lower, b'z' + 1);
+    let digits = at_least(ascii, b'0') & !at_least(ascii, b'9' + 1);
+    let words = (letters | digits) & !x & HIGH;
+    // Exact zero test of `x ^ '  …'`: the top bit set only in space bytes.
+    let t = x ^ splat(b' ');
+    let spaces = !((t & LOW7).wrapping_add(LOW7) | t) & HIGH;
+    let others = !(words | spaces) & HIGH;
+    // Gather the eight top bits into the low byte, byte `i` to bit `i`.
+    let gather = |m: u64| (m >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56;
+    (gather(words), gather(others))
+}
+
+/// One pass over the task's bytes: words (runs of ASCII letters and digits)
+/// go to the keyword index, markers to the structure signals; every other
+/// byte is only classified, a block at a time.
 fn scan(text: &str) -> Scan {
     let b = text.as_bytes();
     let mut s = Scan::default();
     let mut recent = Recent::default();
-    let mut line_start = true;
-    let mut last_byte = b'\n';
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if is_word_byte(c) {
-            let start = i;
-            while i < b.len() && is_word_byte(b[i]) {
-                i += 1;
+    // Where the word in progress started, and whether one is in progress
+    // (carried from one block to the next).
+    let mut start = 0;
+    let mut in_word = false;
+    // Backticks before this index belong to a fence already counted.
+    let mut fence_end = 0;
+    for base in (0..b.len()).step_by(BLOCK) {
+        let (words, others) = match b[base..].first_chunk() {
+            Some(block) => masks(block),
+            None => {
+                // The last, short block, padded with spaces.
+                let mut block = [b' '; BLOCK];
+                block[..b.len() - base].copy_from_slice(&b[base..]);
+                masks(&block)
             }
-            let word = &b[start..i];
-            if line_start
-                && word.iter().all(u8::is_ascii_digit)
-                && matches!(b.get(i), Some(b'.' | b')'))
-                && matches!(b.get(i + 1), Some(b' ' | b'\t'))
-            {
-                s.numbered += 1;
+        };
+        // A bit per byte where a word starts or ends (the byte after it).
+        let mut edges = words ^ (words << 1 | u64::from(in_word));
+        while edges != 0 {
+            let i = base + edges.trailing_zeros() as usize;
+            edges &= edges - 1;
+            if in_word {
+                s.word_at(&mut recent, b, start, i);
+            } else {
+                start = i;
             }
-            s.word(&mut recent, word);
-            line_start = false;
-            last_byte = word[word.len() - 1];
-            continue;
+            in_word = !in_word;
         }
-        match c {
-            b'\n' => {
-                if matches!(last_byte, b';' | b'{' | b'}') {
-                    s.code_lines += 1;
-                }
-                line_start = true;
-                last_byte = b'\n';
+        let mut others = others;
+        while others != 0 {
+            let i = base + others.trailing_zeros() as usize;
+            others &= others - 1;
+            if i >= fence_end && is_marker(b[i]) {
+                s.marker(b, i, &mut fence_end);
             }
-            b' ' | b'\t' | b'\r' => {}
-            b'`' if b[i..].starts_with(b"```") => {
-                s.fences += 1;
-                i += 3;
-                line_start = false;
-                last_byte = b'`';
-                continue;
-            }
-            b'?' => s.questions += 1,
-            b'-' | b'*' if line_start && matches!(b.get(i + 1), Some(b' ')) => s.bullets += 1,
-            b'\\' => s.math |= latex_command(&b[i + 1..]),
-            b'$' => s.math |= b.get(i + 1) == Some(&b'$'),
-            // U+2200..U+22FF, Mathematical Operators: E2 88..8B xx.
-            0xE2 => s.math |= matches!(b.get(i + 1), Some(0x88..=0x8B)),
-            _ => {}
         }
-        if !matches!(c, b' ' | b'\t' | b'\r' | b'\n') {
-            line_start = false;
-            last_byte = c;
-        }
-        i += 1;
     }
-    if matches!(last_byte, b';' | b'{' | b'}') {
+    // A padded last block always ends its word; a text that fills its last
+    // block may not.
+    if in_word {
+        s.word_at(&mut recent, b, start, b.len());
+    }
+    if matches!(last_on_line(b, b.len()), Some(b';' | b'{' | b'}')) {
         s.code_lines += 1;
     }
     s
+}
+
+impl Scan {
+    /// The word `b[start..end]`, and whether it numbers a list item (digits
+    /// first on their line, then `.` or `)` and a space).
+    #[inline(always)]
+    fn word_at<'t>(&mut self, recent: &mut Recent<'t>, b: &'t [u8], start: usize, end: usize) {
+        let word = &b[start..end];
+        if word[0].is_ascii_digit()
+            && matches!(b.get(end), Some(b'.' | b')'))
+            && matches!(b.get(end + 1), Some(b' ' | b'\t'))
+            && word.iter().all(u8::is_ascii_digit)
+            && line_start(b, start)
+        {
+            self.numbered += 1;
+        }
+        self.word(recent, word);
+    }
+
+    /// The marker at `b[i]`.
+    fn marker(&mut self, b: &[u8], i: usize, fence_end: &mut usize) {
+        match b[i] {
+            b'\n' => {
+                if matches!(last_on_line(b, i), Some(b';' | b'{' | b'}')) {
+                    self.code_lines += 1;
+                }
+            }
+            b'`' if b[i..].starts_with(b"```") => {
+                self.fences += 1;
+                *fence_end = i + 3;
+            }
+            b'?' => self.questions += 1,
+            b'-' | b'*' if b.get(i + 1) == Some(&b' ') && line_start(b, i) => self.bullets += 1,
+            b'\\' => self.math |= latex_command(&b[i + 1..]),
+            b'$' => self.math |= b.get(i + 1) == Some(&b'$'),
+            0xE2 => self.math |= matches!(b.get(i + 1), Some(0x88..=0x8B)),
+            _ => {}
+        }
+    }
+}
+
+/// Spaces, tabs and carriage returns: what a line may start or end with.
+fn is_blank(c: u8) -> bool {
+    matches!(c, b' ' | b'\t' | b'\r')
+}
+
+/// Whether only blanks stand between `b[i]` and the start of its line.
+fn line_start(b: &[u8], i: usize) -> bool {
+    b[..i]
+        .iter()
+        .rev()
+        .find(|&&c| !is_blank(c))
+        .is_none_or(|&c| c == b'\n')
+}
+
+/// The last byte before `b[i]` on its line that is not blank, if any.
+fn last_on_line(b: &[u8], i: usize) -> Option<u8> {
+    b[..i]
+        .iter()
+        .rev()
+        .find(|&&c| !is_blank(c))
+        .copied()
+        .filter(|&c| c != b'\n')
 }
 
 fn latex_command(rest: &[u8]) -> bool {

@@ -469,6 +469,218 @@ fn deterministic() {
     }
 }
 
+/// ASCII letters and digits: the bytes of words.
+static REFERENCE_WORD_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    table
+};
+
+fn reference_is_word_byte(b: u8) -> bool {
+    REFERENCE_WORD_BYTE[usize::from(b)]
+}
+
+/// `Scan::word` as it was before it skipped words that end no phrase.
+fn reference_word<'t>(s: &mut Scan, recent: &mut Recent<'t>, w: &'t [u8]) {
+    let entry = keywords::word(w);
+    let [(p1, e1), (p2, e2)] = recent.0;
+    if e1.is_some_and(|e| e.starts_phrase2)
+        && let Some(e) = keywords::phrase(&[p1, w])
+    {
+        s.apply(e);
+    }
+    if e2.is_some_and(|e| e.starts_phrase3)
+        && let Some(e) = keywords::phrase(&[p2, p1, w])
+    {
+        s.apply(e);
+    }
+    if let Some(e) = entry {
+        s.apply(e);
+    }
+    recent.0 = [(w, entry), (p1, e1)];
+}
+
+/// The scan as it was written before it read blocks: a byte at a time,
+/// with the line state carried along. The block scan must find the same.
+fn reference_scan(text: &str) -> Scan {
+    let b = text.as_bytes();
+    let mut s = Scan::default();
+    let mut recent = Recent::default();
+    let mut line_start = true;
+    let mut last_byte = b'\n';
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if reference_is_word_byte(c) {
+            let start = i;
+            while i < b.len() && reference_is_word_byte(b[i]) {
+                i += 1;
+            }
+            let word = &b[start..i];
+            if line_start
+                && word.iter().all(u8::is_ascii_digit)
+                && matches!(b.get(i), Some(b'.' | b')'))
+                && matches!(b.get(i + 1), Some(b' ' | b'\t'))
+            {
+                s.numbered += 1;
+            }
+            reference_word(&mut s, &mut recent, word);
+            line_start = false;
+            last_byte = word[word.len() - 1];
+            continue;
+        }
+        match c {
+            b'\n' => {
+                if matches!(last_byte, b';' | b'{' | b'}') {
+                    s.code_lines += 1;
+                }
+                line_start = true;
+                last_byte = b'\n';
+            }
+            b' ' | b'\t' | b'\r' => {}
+            b'`' if b[i..].starts_with(b"```") => {
+                s.fences += 1;
+                i += 3;
+                line_start = false;
+                last_byte = b'`';
+                continue;
+            }
+            b'?' => s.questions += 1,
+            b'-' | b'*' if line_start && matches!(b.get(i + 1), Some(b' ')) => s.bullets += 1,
+            b'\\' => s.math |= latex_command(&b[i + 1..]),
+            b'$' => s.math |= b.get(i + 1) == Some(&b'$'),
+            // U+2200..U+22FF, Mathematical Operators: E2 88..8B xx.
+            0xE2 => s.math |= matches!(b.get(i + 1), Some(0x88..=0x8B)),
+            _ => {}
+        }
+        if !matches!(c, b' ' | b'\t' | b'\r' | b'\n') {
+            line_start = false;
+            last_byte = c;
+        }
+        i += 1;
+    }
+    if matches!(last_byte, b';' | b'{' | b'}') {
+        s.code_lines += 1;
+    }
+    s
+}
+
+#[test]
+fn the_masks_classify_every_byte_at_every_position() {
+    for c in 0..=255u8 {
+        for i in 0..BLOCK {
+            let mut block = [b' '; BLOCK];
+            block[i] = c;
+            let (words, others) = masks(&block);
+            let word = c.is_ascii_alphanumeric();
+            assert_eq!(words, u64::from(word) << i, "byte {c:#04x} at {i}");
+            assert_eq!(
+                others,
+                u64::from(!word && c != b' ') << i,
+                "byte {c:#04x} at {i}"
+            );
+        }
+    }
+    // Neighbours do not disturb each other (no carry between bytes).
+    let block: [u8; BLOCK] = std::array::from_fn(|i| [b'z', 0xFF, b'9', b'{', b'0', b'@'][i % 6]);
+    let (words, others) = masks(&block);
+    for (i, &c) in block.iter().enumerate() {
+        assert_eq!(words >> i & 1 == 1, c.is_ascii_alphanumeric(), "{i}");
+        assert_eq!(others >> i & 1 == 1, !c.is_ascii_alphanumeric(), "{i}");
+    }
+}
+
+#[test]
+fn the_block_scan_finds_what_a_byte_at_a_time_scan_finds() {
+    // Texts made of the pieces the scan tells apart, so that words, markers
+    // and line starts fall on every side of a block boundary.
+    const PIECES: [&str; 24] = [
+        " ",
+        "  ",
+        "\n",
+        "\t",
+        "\r\n",
+        "-",
+        "* ",
+        "- ",
+        "1. ",
+        "12) ",
+        "```",
+        "`",
+        "?",
+        "$$",
+        "\\frac",
+        "\\x",
+        "∑",
+        "≤",
+        "é",
+        ";",
+        "{",
+        "}",
+        "step by step",
+        "then",
+    ];
+    let words = [
+        "explain",
+        "Refactor",
+        "the",
+        "function",
+        "prove",
+        "First",
+        "finally",
+        "API",
+        "x2",
+        "sql",
+        "implement",
+        "a",
+        "Design",
+        "classify",
+        "yes",
+        "or",
+        "no",
+        "root",
+        "cause",
+        "trade",
+        "offs",
+        "what",
+        "is",
+        "by",
+        "step",
+    ];
+    let mut texts: Vec<String> = labelled().into_iter().map(|(t, ..)| t).collect();
+    texts.push(PARAGRAPH.repeat(3));
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    for _ in 0..3_000 {
+        let mut text = String::new();
+        let len = next(300);
+        while text.len() < len {
+            if next(3) == 0 {
+                text.push_str(PIECES[next(PIECES.len())]);
+            } else {
+                text.push_str(words[next(words.len())]);
+            }
+        }
+        texts.push(text);
+    }
+    for text in &texts {
+        // The text, and the text shifted by a byte against the blocks.
+        for t in [text.as_str()].into_iter().chain(text.get(1..)) {
+            let (block, bytewise) = (scan(t), reference_scan(t));
+            assert_eq!(format!("{block:?}"), format!("{bytewise:?}"), "{t:?}");
+        }
+    }
+}
+
 /// A rough timing, printed, not asserted (timed tests are flaky); only
 /// meaningful in release: `cargo test --release -p aios-data-plane --lib
 /// router::complexity::tests::timing -- --nocapture`.
